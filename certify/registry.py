@@ -1,0 +1,138 @@
+"""One plugin registry, used by `denoisers`, `classifiers` and the dataset specs.
+
+A *spec* is ``family`` or ``family:identifier``; the family names a registered factory, the
+identifier (a path, a hub id, a model name) is handed to it. Bundled pretrained weights are
+registered as their own names in timm's ``architecture.tag`` style, so ``list_*("*mnist*")``
+finds them. Third-party packages add factories through an entry-point group.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+Factory = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Factory
+    summary: str
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """Split ``family:identifier`` into its parts (the identifier may itself contain ':').
+
+    >>> split_spec("ddpm:google/ddpm-cifar10-32")
+    ('ddpm', 'google/ddpm-cifar10-32')
+    >>> split_spec("none")
+    ('none', None)
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"spec must be a non-empty string like 'family' or 'family:identifier', got {spec!r}")
+    family, sep, ident = spec.strip().partition(":")
+    if sep and not ident:
+        raise ValueError(f"spec {spec!r} has an empty identifier after ':'")
+    return family, (ident if sep else None)
+
+
+class Registry:
+    """Named factories of one kind (denoiser, classifier, dataset).
+
+    >>> reg = Registry("widget", entry_point_group=None)
+    >>> @reg.register("square")
+    ... def make_square(identifier=None, side=1):
+    ...     return ("square", side)
+    >>> reg.create("square", side=3)
+    ('square', 3)
+    >>> reg.list("sq*")
+    ['square']
+    """
+
+    def __init__(self, kind: str, entry_point_group: str | None) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, Entry] = {}
+        self._plugins_loaded = entry_point_group is None
+
+    def register(self, name: str, summary: str = "") -> Callable[[Factory], Factory]:
+        """Decorator: register ``factory(identifier=None, **kwargs)`` under ``name``."""
+        if not name or ":" in name:
+            raise ValueError(f"{self.kind} name must be non-empty and contain no ':', got {name!r}")
+
+        def decorator(factory: Factory) -> Factory:
+            if name in self._entries and self._entries[name].factory is not factory:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            doc = summary or next(iter((factory.__doc__ or "").strip().splitlines()), "")
+            self._entries[name] = Entry(name, factory, doc)
+            return factory
+
+        return decorator
+
+    def _load_plugins(self) -> None:
+        if self._plugins_loaded:
+            return
+        self._plugins_loaded = True
+        for ep in entry_points(group=self.entry_point_group):
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken third-party plugin must not break the library
+                log.warning("could not load %s plugin %r: %s", self.kind, ep.name, exc)
+                continue
+            if ep.name not in self._entries and callable(obj):
+                self.register(ep.name)(obj)
+
+    def entry(self, name: str) -> Entry:
+        self._load_plugins()
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(
+                f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._entries)) or 'none'})"
+            )
+        return self._entries[name]
+
+    def create(self, spec: str, **kwargs: Any) -> Any:
+        """Build the object a spec names; extra keyword arguments go to the factory."""
+        family, ident = split_spec(spec)
+        return self.entry(family).factory(identifier=ident, **kwargs)
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a shell-style wildcard pattern, sorted."""
+        self._load_plugins()
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def summaries(self, pattern: str = "*") -> list[tuple[str, str]]:
+        return [(n, self._entries[n].summary) for n in self.list(pattern)]
+
+    def register_bundled(self, root: Path) -> None:
+        """Register each ``root/NAME/bundle.json`` (``{"family": ..., "summary": ...}``) as ``NAME``.
+
+        Shipped pretrained weights thereby get names (timm-style ``architecture.tag``) that resolve to
+        ``family:root/NAME``, the same loader a user's own checkpoint goes through.
+        """
+        for meta_file in sorted(Path(root).glob("*/bundle.json")):
+            meta = json.loads(meta_file.read_text())
+            name = meta_file.parent.name
+            if name not in self._entries:
+                factory = functools.partial(self._create_bundled, meta["family"], str(meta_file.parent))
+                self.register(name, summary=meta.get("summary", ""))(factory)
+
+    def _create_bundled(self, family: str, path: str, identifier: str | None = None, **kwargs: Any) -> Any:
+        if identifier is not None:
+            raise ValueError(f"bundled {self.kind} {Path(path).name!r} takes no identifier, got {identifier!r}")
+        return self.create(f"{family}:{path}", **kwargs)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_plugins()
+        return name in self._entries

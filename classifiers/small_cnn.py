@@ -1,0 +1,60 @@
+"""``small-cnn``: a LeNet-style CNN for small images (MNIST), trainable on a CPU in a minute."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from certify.checkpoint import load_config, load_weights_into, save_checkpoint
+
+from . import register_classifier
+from .base import ImageClassifier
+
+
+def _net(in_channels: int, num_classes: int, width: int, image_size: int) -> nn.Sequential:
+    feat = image_size // 4
+    return nn.Sequential(
+        nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2 * width * feat * feat, 128), nn.ReLU(), nn.Linear(128, num_classes),
+    )
+
+
+class SmallCNN(ImageClassifier):
+    """Two conv blocks and two linear layers; its config travels with its weights.
+
+    >>> clf = SmallCNN(in_channels=1, num_classes=10)
+    >>> clf(torch.rand(4, 1, 28, 28)).shape
+    torch.Size([4, 10])
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: int = 28,
+                 mean: float = 0.1307, std: float = 0.3081, labels: list[str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(_net(in_channels, num_classes, width, image_size), num_classes=num_classes,
+                         input_size=(image_size, image_size), mean=(mean,) * in_channels,
+                         std=(std,) * in_channels, labels=labels, name="small-cnn")
+        self.config = dict(architecture="small-cnn", in_channels=in_channels, num_classes=num_classes,
+                           width=width, image_size=image_size, mean=mean, std=std, labels=self.labels, **extra)
+
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        return save_checkpoint(self, self.config, directory, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, dir_or_id: str | os.PathLike) -> "SmallCNN":
+        directory, config = load_config(dir_or_id)
+        if config.get("architecture") != "small-cnn":
+            raise ValueError(f"{directory} holds a {config.get('architecture')!r} checkpoint, expected 'small-cnn'")
+        config = {k: v for k, v in config.items() if k != "architecture"}
+        return load_weights_into(cls(**config), directory).eval()
+
+
+@register_classifier("small-cnn", summary="small-cnn[:DIR], LeNet-style CNN for MNIST-sized images")
+def create_small_cnn(identifier: str | None = None, **kwargs: Any) -> SmallCNN:
+    if identifier is None:
+        return SmallCNN(**kwargs)
+    return SmallCNN.from_pretrained(identifier)
