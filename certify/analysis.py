@@ -1,0 +1,175 @@
+"""Tables and curves from result TSVs: certified accuracy, ACR, abstain rate, the sigma envelope.
+
+Certified accuracy at r is the fraction of images with ``correct == 1`` and ``radius >= r``; at
+r = 0 it is the smoothed classifier's clean accuracy. ACR = mean(radius * correct). The
+high-probability variant subtracts alpha and a Bernstein term for the finite number of images
+(REFERENCE.md section 1), rho = 0.001.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+CIFAR_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
+IMAGENET_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+
+
+@dataclass
+class RunResult:
+    """The columns of one result file that analysis needs, plus its manifest."""
+
+    name: str
+    radius: np.ndarray
+    correct: np.ndarray
+    predict: np.ndarray
+    time: np.ndarray
+    samples: np.ndarray
+    manifest: dict
+
+    @property
+    def m(self) -> int:
+        return len(self.radius)
+
+    @property
+    def alpha(self) -> float:
+        return float(self.manifest.get("settings", {}).get("alpha", 0.001))
+
+    @property
+    def sigma(self) -> float | None:
+        return self.manifest.get("settings", {}).get("sigma")
+
+    def certified_accuracy(self, r: float) -> float:
+        return float(np.mean((self.correct == 1) & (self.radius >= r))) if self.m else float("nan")
+
+    def acr(self) -> float:
+        return float(np.mean(self.radius * self.correct)) if self.m else float("nan")
+
+    def abstain_rate(self) -> float:
+        return float(np.mean(self.predict == -1)) if self.m else float("nan")
+
+
+def load_result(path: str | os.PathLike, name: str | None = None) -> RunResult:
+    """Read a result TSV (ours or Cohen's six columns) and the manifest beside it, if any."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"result file {str(path)!r} does not exist")
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    missing = {"idx", "label", "predict", "radius", "correct"} - set(rows[0] if rows else {"idx", "label", "predict", "radius", "correct"})
+    if missing:
+        raise ValueError(f"{path} lacks the columns {sorted(missing)}; expected a certify TSV")
+    manifest_file = path.with_suffix(".json")
+    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
+    col = lambda key, default=0.0: np.array([float(r.get(key) or default) for r in rows], dtype=float)
+    samples = col("n") + col("n0") if rows and "n0" in rows[0] else col("n")
+    return RunResult(name or path.stem, col("radius"), col("correct").astype(int), col("predict").astype(int),
+                     col("time"), samples, manifest)
+
+
+def default_radii(results: Sequence[RunResult]) -> tuple[float, ...]:
+    """The papers' grid: ImageNet 0..3 step 0.5, otherwise (CIFAR-10, MNIST) 0..1.5 step 0.25."""
+    datasets = " ".join(str(r.manifest.get("settings", {}).get("dataset", "")) for r in results).lower()
+    return IMAGENET_RADII if "imagenet" in datasets else CIFAR_RADII
+
+
+def high_probability(acc: float, m: int, alpha: float, rho: float = 0.001) -> float:
+    """A lower bound on the true certified accuracy that holds with probability >= 1 - rho.
+
+    >>> round(high_probability(0.5, 500, 0.001), 4)
+    0.4907
+    """
+    if m == 0:
+        return float("nan")
+    log_term = math.log(1.0 / rho)
+    return acc - alpha - math.sqrt(alpha * (1 - alpha) * log_term / m) - log_term / (3 * m)
+
+
+def summarize(results: Sequence[RunResult], radii: Sequence[float]) -> tuple[list[str], list[list]]:
+    """One row per run plus the envelope row: certified accuracy (%) per radius, ACR, abstain, s/img."""
+    header = ["run", "sigma", "images"] + [f"r={r:g}" for r in radii] + ["ACR", "abstain %", "s/img", "samples/img"]
+    rows = []
+    for res in results:
+        rows.append([res.name, res.sigma, res.m] + [round(100 * res.certified_accuracy(r), 1) for r in radii]
+                    + [round(res.acr(), 3), round(100 * res.abstain_rate(), 1),
+                       round(float(np.mean(res.time)), 3) if res.m else float("nan"),
+                       round(float(np.mean(res.samples))) if res.m else float("nan")])
+    if len(results) > 1:
+        env = [max(round(100 * res.certified_accuracy(r), 1) for res in results) for r in radii]
+        rows.append(["envelope (best per radius)", "", ""] + env + ["", "", "", ""])
+    return header, rows
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:g}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: Sequence[RunResult], path: Path, max_radius: float | None = None) -> Path:
+    """Certified accuracy against radius, one line per run (headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = max_radius or max([float(r.radius.max()) for r in results if r.m] + [0.5]) * 1.05
+    grid = np.linspace(0, top, 300)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for res in results:
+        ax.plot(grid, [100 * res.certified_accuracy(r) for r in grid], label=res.name)
+    ax.set_xlabel("L2 radius (pixels in [0,1])")
+    ax.set_ylabel("certified accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def analyze(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, radii: Sequence[float] | None = None,
+            names: Sequence[str] | None = None) -> dict:
+    """Write ``table.md``, ``table.csv``, ``high_probability.md`` and ``curves.png`` for result files.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "a.tsv").write_text("idx\\tlabel\\tpredict\\tradius\\tcorrect\\ttime\\n0\\t1\\t1\\t0.6\\t1\\t0.1\\n")
+    >>> analyze([d / "a.tsv"], d / "report")["rows"][0][3:5]
+    [100.0, 100.0]
+    """
+    if not paths:
+        raise ValueError("analyze needs at least one result TSV")
+    names = list(names) if names else [Path(p).stem for p in paths]
+    results = [load_result(p, n) for p, n in zip(paths, names)]
+    radii = tuple(radii) if radii else default_radii(results)
+    if any(r < 0 for r in radii):
+        raise ValueError(f"radii must be >= 0, got {list(radii)}")
+    header, rows = summarize(results, radii)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "table.md").write_text(markdown_table(header, rows))
+    with open(out_dir / "table.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([header, *rows])
+    hp_header = ["run", "images", "alpha"] + [f"r={r:g}" for r in radii]
+    hp_rows = [[res.name, res.m, res.alpha] + [100 * high_probability(res.certified_accuracy(r), res.m, res.alpha)
+                                                for r in radii] for res in results]
+    (out_dir / "high_probability.md").write_text(
+        "Certified accuracy (%) that holds with probability >= 99.9% over the choice of images\n\n"
+        + markdown_table(hp_header, hp_rows))
+    plot_curves(results, out_dir / "curves.png", max_radius=max(radii) if radii else None)
+    return {"header": header, "rows": rows, "out_dir": str(out_dir)}

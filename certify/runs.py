@@ -1,0 +1,299 @@
+"""A certification run over a dataset: one TSV line per image, flushed as written, resumable.
+
+The TSV starts with Cohen et al.'s columns ``idx label predict radius correct time`` (radius at full
+precision, correct as 0/1) so their analysis scripts read it unchanged; extra columns follow. A JSON
+manifest beside it records the settings, package versions and times. A run started again with the
+same settings skips the images already in the file (or in the per-process shards of a distributed
+run); with different settings it refuses and names the setting that differs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .smoothing import ABSTAIN, Smoothed
+from .stats import _check_alpha
+
+log = logging.getLogger(__name__)
+
+COLUMNS = {
+    "certify": ("idx", "label", "predict", "radius", "correct", "time", "pA_lower", "nA", "n", "n0"),
+    "predict": ("idx", "label", "predict", "radius", "correct", "time", "nA", "nB", "n"),
+}
+
+
+@dataclass
+class RunSettings:
+    """Everything that determines a run's results (and so must match to resume it).
+
+    ``max`` follows Cohen's code: images are dataset indices 0, skip, 2 skip, ... below ``max``.
+    The batch size is part of it: the noise of one image is drawn batch by batch from its own
+    stream, so another batch size draws other (equally valid) noise.
+
+    >>> RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, n=100).validate().mode
+    'certify'
+    """
+
+    classifier: str
+    dataset: str
+    sigma: float
+    denoiser: str = "none"
+    mode: str = "certify"
+    n0: int = 100
+    n: int = 100_000
+    alpha: float = 0.001
+    batch: int = 1000
+    skip: int = 1
+    max: int | None = None
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "RunSettings":
+        if self.mode not in COLUMNS:
+            raise ValueError(f"mode must be one of {', '.join(COLUMNS)}, got {self.mode!r}")
+        if not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and math.isfinite(self.sigma)):
+            raise ValueError(f"sigma must be a positive number (noise std in [0,1] pixel units), got {self.sigma!r}")
+        _check_alpha(self.alpha)
+        for name in ("n0", "n", "batch", "skip"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.max is not None and not (isinstance(self.max, int) and self.max >= 1):
+            raise ValueError(f"max must be an int >= 1 (a dataset index bound), got {self.max!r}")
+        return self
+
+    def indices(self, dataset_len: int) -> list[int]:
+        stop = dataset_len if self.max is None else min(self.max, dataset_len)
+        return list(range(0, stop, self.skip))
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("denoised-smoothing", "torch", "torchvision", "timm", "diffusers", "transformers",
+                 "accelerate", "scipy", "datasets"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def manifest_path(out: Path) -> Path:
+    return out.with_suffix(".json")
+
+
+def shard_paths(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(out.name + ".part-*"))
+
+
+def read_results(path: Path) -> tuple[list[str] | None, dict[int, list[str]]]:
+    """(header, {idx: fields}) of a result TSV; an unterminated last line (a killed write) is ignored."""
+    if not path.exists():
+        return None, {}
+    text = path.read_text()
+    lines = text.split("\n")
+    complete = lines[:-1]  # the part after the last newline is empty or a torn write
+    if not complete:
+        return None, {}
+    header = complete[0].split("\t")
+    rows = {}
+    for line in complete[1:]:
+        if line:
+            fields = line.split("\t")
+            rows[int(fields[0])] = fields
+    return header, rows
+
+
+def _truncate_torn_line(path: Path) -> None:
+    if path.exists():
+        data = path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut != len(data):
+            with open(path, "r+b") as fh:
+                fh.truncate(cut)
+
+
+def _check_resume(out: Path, settings: RunSettings) -> None:
+    """Refuse to mix results of different settings in one file."""
+    mpath = manifest_path(out)
+    if not mpath.exists():
+        if out.exists() or shard_paths(out):
+            raise ValueError(f"{out} exists without its manifest {mpath.name}; refusing to append to it")
+        return
+    old = json.loads(mpath.read_text()).get("settings", {})
+    new = asdict(settings)
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            raise ValueError(
+                f"{out} was started with {key}={old.get(key)!r}, this run has {key}={new.get(key)!r}; "
+                f"use another --out or the same settings to resume"
+            )
+
+
+def _format_line(mode: str, idx: int, label: int, result: Any, seconds: float) -> str:
+    if mode == "certify":
+        c = result
+        values = (idx, label, c.prediction, repr(float(c.radius)), int(c.prediction == label),
+                  f"{seconds:.4f}", repr(float(c.pA_lower)), c.nA, c.n, c.n0)
+    else:
+        prediction, nA, nB, n = result
+        values = (idx, label, prediction, repr(0.0), int(prediction == label), f"{seconds:.4f}", nA, nB, n)
+    return "\t".join(str(v) for v in values) + "\n"
+
+
+def run_certification(
+    smoothed: Smoothed,
+    dataset: Sequence[tuple[torch.Tensor, int]],
+    settings: RunSettings,
+    out: str | os.PathLike,
+    quiet: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    extra_manifest: dict[str, Any] | None = None,
+) -> Path:
+    """Certify (or predict) every selected image of ``dataset`` into ``out`` (TSV) and its manifest.
+
+    With ``world_size > 1`` each rank takes every ``world_size``-th remaining image into its own
+    shard ``out.part-RANK``; rank 0 merges all shards into ``out`` ordered by index at the end.
+    Per-image random streams make the merged file equal to a one-process run (apart from ``time``).
+
+    >>> import tempfile, torch
+    >>> from torch import nn
+    >>> f = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    >>> data = [(torch.full((1, 2, 2), 0.5), 0)] * 3
+    >>> s = RunSettings(classifier="toy", dataset="toy", sigma=0.25, n0=10, n=50, batch=25)
+    >>> path = run_certification(Smoothed(f, sigma=0.25, num_classes=2), data, s, tempfile.mkdtemp() + "/r.tsv", quiet=True)
+    >>> len(path.read_text().splitlines())
+    4
+    """
+    settings.validate()
+    out = Path(out)
+    if out.suffix != ".tsv":
+        raise ValueError(f"--out must name a .tsv file, got {str(out)!r}")
+    _check_resume(out, settings)
+    columns = COLUMNS[settings.mode]
+    existed = out.exists() or manifest_path(out).exists()
+
+    done: dict[int, list[str]] = {}
+    for path in [out, *shard_paths(out)]:
+        header, rows = read_results(path)
+        if header is not None and tuple(header) != columns:
+            raise ValueError(f"{path} has columns {header}, expected {list(columns)}")
+        done.update(rows)
+    barrier()  # every rank has read what is done before anyone writes
+
+    todo = [i for i in settings.indices(len(dataset)) if i not in done]
+    mine = todo[rank::world_size]
+    target = out if world_size == 1 else out.with_name(f"{out.name}.part-{rank:03d}")
+
+    if rank == 0:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            "settings": asdict(settings), "columns": list(columns), "versions": package_versions(),
+            "command": " ".join(sys.argv), "world_size": world_size, "start_time": _now(), "end_time": None,
+            **(extra_manifest or {}),
+        }
+        mpath = manifest_path(out)
+        if mpath.exists():
+            previous = json.loads(mpath.read_text())
+            manifest["start_time"] = previous.get("start_time", manifest["start_time"])
+            manifest["resumed"] = previous.get("resumed", 0) + 1
+        mpath.write_text(json.dumps(manifest, indent=2) + "\n")
+    barrier()
+
+    _truncate_torn_line(target)
+    new_file = not target.exists() or target.stat().st_size == 0
+    written = 0
+    correct = sum(int(r[4]) for r in done.values())
+    seen = len(done)
+    try:
+        with open(target, "a", buffering=1) as fh:
+            if new_file:
+                fh.write("\t".join(columns) + "\n")
+            bar = tqdm(mine, disable=quiet, desc=f"{settings.mode} sigma={settings.sigma}", unit="img",
+                       position=rank, leave=rank == 0)
+            for idx in bar:
+                x, label = dataset[idx]
+                start = time.perf_counter()
+                if settings.mode == "certify":
+                    result = smoothed.certify_full(x, settings.n0, settings.n, settings.alpha, settings.batch,
+                                                   seed=settings.seed, index=idx)
+                    prediction = result.prediction
+                else:
+                    prediction, nA, nB = smoothed.predict_full(x, settings.n, settings.alpha, settings.batch,
+                                                               seed=settings.seed, index=idx)
+                    result = (prediction, nA, nB, settings.n)
+                fh.write(_format_line(settings.mode, idx, int(label), result, time.perf_counter() - start))
+                written += 1
+                seen += 1
+                correct += int(prediction == int(label) and prediction != ABSTAIN)
+                bar.set_postfix(acc=f"{correct / seen:.3f}")
+    except BaseException:
+        if not existed and rank == 0 and written == 0 and world_size == 1:
+            out.unlink(missing_ok=True)  # nothing half-written: no result file for a run that produced nothing
+            manifest_path(out).unlink(missing_ok=True)
+        raise
+    barrier()
+    if rank == 0:
+        _merge(out, columns)
+        manifest = json.loads(manifest_path(out).read_text())
+        manifest["end_time"] = _now()
+        manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n")
+    barrier()
+    return out
+
+
+def _merge(out: Path, columns: Sequence[str]) -> None:
+    """Fold the shards (if any) into ``out``, one line per index, ordered by index, atomically."""
+    shards = shard_paths(out)
+    if not shards:
+        return
+    rows: dict[int, list[str]] = {}
+    for path in [out, *shards]:
+        rows.update(read_results(path)[1])
+    tmp = out.with_name(out.name + ".merging")
+    tmp.write_text("\t".join(columns) + "\n" + "".join("\t".join(rows[i]) + "\n" for i in sorted(rows)))
+    os.replace(tmp, out)
+    for path in shards:
+        path.unlink()
+
+
+def default_device(device: str | None = None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def build_smoothed(settings: RunSettings, device: str | None = None) -> Smoothed:
+    """The smoothed pipeline a run's settings name, built through the plugin registries.
+
+    >>> s = RunSettings(classifier="small-cnn", dataset="digits", sigma=0.5)
+    >>> build_smoothed(s).sigma
+    0.5
+    """
+    from classifiers import create_classifier
+    from denoisers import create_denoiser
+
+    dev = default_device(device)
+    classifier = create_classifier(settings.classifier).eval().to(dev)
+    denoiser = create_denoiser(settings.denoiser).eval().to(dev)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[settings.options.get("autocast")]
+    return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=autocast)
