@@ -1,0 +1,154 @@
+"""Runs over datasets: the TSV format, resume after a kill, refusal on other settings, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from certify.cli import main
+from certify.runs import RunSettings, run_certification
+from certify.smoothing import Smoothed
+from classifiers.small_cnn import SmallCNN
+
+DSMOOTH = [sys.executable, "-m", "certify.cli"]
+
+
+@pytest.fixture(scope="module")
+def cnn_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("cnn")
+    SmallCNN(in_channels=1, num_classes=10, width=8).save_pretrained(d)
+    return d
+
+
+def _args(cnn_dir, out, **over):
+    base = dict(classifier=f"small-cnn:{cnn_dir}", dataset="digits:test", sigma="0.5", n0="10", n="300",
+                alpha="0.001", batch="100", skip="3", max="60", seed="7", out=str(out))
+    base.update(over)
+    args = ["certify"]
+    for k, v in base.items():
+        args += [f"--{k}", str(v)]
+    return args + ["--quiet"]
+
+
+def _table(path: Path) -> list[list[str]]:
+    """Rows without the time column."""
+    return [line.split("\t")[:5] + line.split("\t")[6:] for line in path.read_text().splitlines()]
+
+
+def test_certify_writes_cohen_compatible_tsv_and_manifest(cnn_dir, tmp_path):
+    out = tmp_path / "run.tsv"
+    assert main(_args(cnn_dir, out)) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].split("\t")[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert {"pA_lower", "nA", "n"} <= set(lines[0].split("\t"))
+    assert len(lines) == 1 + 20
+    for line in lines[1:]:
+        idx, label, pred, radius, correct = line.split("\t")[:5]
+        assert correct in ("0", "1") and int(correct) == int(int(pred) == int(label))
+        assert float(radius) >= 0 and (radius == "0.0" or len(radius) > 6)  # full precision
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["settings"]["sigma"] == 0.5 and manifest["settings"]["seed"] == 7
+    assert manifest["end_time"] and "torch" in manifest["versions"]
+
+
+def test_killed_run_resumes_to_identical_file(cnn_dir, tmp_path):
+    full = tmp_path / "full.tsv"
+    assert main(_args(cnn_dir, full)) == 0
+
+    part = tmp_path / "part.tsv"
+    proc = subprocess.Popen(DSMOOTH + _args(cnn_dir, part, n="3000", batch="50"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not part.exists() or len(part.read_text().splitlines()) < 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = len(part.read_text().splitlines())
+    assert 4 <= written < 21, "the kill should land part-way through"
+    with open(part, "a") as fh:
+        fh.write("33\t3\t")  # a torn line, as a kill in the middle of a write leaves it
+    assert main(_args(cnn_dir, part, n="3000", batch="50")) == 0
+
+    again = tmp_path / "again.tsv"
+    assert main(_args(cnn_dir, again, n="3000", batch="50")) == 0
+    assert _table(part) == _table(again)
+    assert json.loads(part.with_suffix(".json").read_text())["resumed"] == 1
+
+
+def test_same_seed_same_file_and_resume_refuses_other_settings(cnn_dir, tmp_path, capsys):
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    assert main(_args(cnn_dir, a)) == 0 and main(_args(cnn_dir, b)) == 0
+    assert _table(a) == _table(b)
+    before = a.read_text()
+    for key, value in [("sigma", "0.25"), ("seed", "8"), ("batch", "50"), ("n", "301")]:
+        assert main(_args(cnn_dir, a, **{key: value})) == 2
+        assert f"started with {key}=" in capsys.readouterr().err
+    assert a.read_text() == before
+
+
+@pytest.mark.parametrize("over,message", [
+    (dict(sigma="0"), "sigma must be a positive number"),
+    (dict(sigma="-0.5"), "sigma must be a positive number"),
+    (dict(alpha="1.5"), "alpha must lie in (0, 1)"),
+    (dict(alpha="0"), "alpha must lie in (0, 1)"),
+    (dict(n0="0"), "n0 must be an int >= 1"),
+    (dict(n="0"), "n must be an int >= 1"),
+    (dict(classifier="smal-cnn"), "unknown classifier 'smal-cnn'; did you mean 'small-cnn'"),
+    (dict(denoiser="nonee"), "unknown denoiser 'nonee'; did you mean 'none'"),
+    (dict(dataset="mnist5k:valid"), "split must be 'train' or 'test', got 'valid'"),
+    (dict(dataset="nope"), "unknown dataset 'nope'"),
+])
+def test_bad_input_is_named_and_leaves_no_file(cnn_dir, tmp_path, capsys, over, message):
+    out = tmp_path / "bad.tsv"
+    assert main(_args(cnn_dir, out, **over)) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mismatched_checkpoint_is_a_clear_error(cnn_dir, tmp_path, capsys):
+    bad = tmp_path / "ckpt"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes((cnn_dir / "model.safetensors").read_bytes())
+    config = json.loads((cnn_dir / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps(config | {"width": 16}))
+    assert main(_args(bad, tmp_path / "r.tsv")) == 2
+    assert "do not match their config" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.parametrize("image,message", [
+    (torch.full((1, 8, 8), 2.0), r"image values must lie in \[0, 1\]"),
+    (torch.zeros(8, 8), r"expected one image of shape \(C, H, W\)"),
+])
+def test_bad_image_leaves_no_partial_file(cnn_dir, tmp_path, image, message):
+    clf = SmallCNN.from_pretrained(cnn_dir)
+    settings = RunSettings(classifier="x", dataset="x", sigma=0.25, n0=5, n=10, batch=10)
+    out = tmp_path / "r.tsv"
+    with pytest.raises(ValueError, match=message):
+        run_certification(Smoothed(clf, sigma=0.25), [(image, 0)], settings, out, quiet=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_mode_and_analyze(cnn_dir, tmp_path, capsys):
+    pred = tmp_path / "p.tsv"
+    args = _args(cnn_dir, pred)
+    args[0] = "predict"
+    i = args.index("--n0")
+    del args[i:i + 2]
+    assert main(args) == 0
+    assert pred.read_text().splitlines()[0].split("\t")[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
+    cert = tmp_path / "c.tsv"
+    assert main(_args(cnn_dir, cert)) == 0
+    assert main(["analyze", str(cert), str(pred), "--out", str(tmp_path / "rep"), "--radii", "0,0.25"]) == 0
+    for name in ("table.md", "table.csv", "high_probability.md", "curves.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0
+    assert "envelope" in (tmp_path / "rep" / "table.md").read_text()
