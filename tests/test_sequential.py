@@ -1,0 +1,214 @@
+"""Anytime-valid sequential certification: exact validity, the linear oracle, REFERENCE section 4."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import brentq
+from scipy.special import betaln
+from scipy.stats import binom, norm
+from torch import nn
+
+from certify import Smoothed, max_radius
+from certify.sequential import (
+    anytime_radius, certify_anytime, certify_anytime_many, certify_at, certify_at_many, log_martingale,
+    lower_confidence_bound, sequential_test,
+)
+
+SIGMA = 0.5
+
+
+class LinearBinary(nn.Module):
+    """f(x) = [w.x + b > 0] as two logits; distance to the boundary |w.x + b| / |w|."""
+
+    num_classes = 2
+
+    def __init__(self, w: torch.Tensor, b: float) -> None:
+        super().__init__()
+        self.register_buffer("w", w.flatten().float())
+        self.b = float(b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x.flatten(1) @ self.w + self.b
+        return torch.stack([-z, z], dim=1)
+
+
+def _linear_at_distance(distance: float) -> tuple[Smoothed, torch.Tensor]:
+    """A smoothed linear classifier and an image at exactly ``distance`` from its boundary."""
+    w = torch.tensor([1.0, -2.0, 0.5, 2.0])
+    x = torch.full((1, 2, 2), 0.5)
+    b = distance * float(w.norm()) - float(x.flatten() @ w)
+    return Smoothed(LinearBinary(w, b), sigma=SIGMA), x
+
+
+def _independent_lower_bound(S: int, n: int, alpha: float) -> float:
+    f = lambda p: (betaln(S + 0.5, n - S + 0.5) - betaln(0.5, 0.5) - S * math.log(p)
+                   - ((n - S) * math.log1p(-p) if S < n else 0.0) - math.log(1 / alpha))
+    return brentq(f, 1e-300, S / n, xtol=1e-15, rtol=1e-15)
+
+
+def test_cost_of_anytime_validity_matches_reference():
+    assert anytime_radius(100_000, 100_000, 1.0, 0.001) == pytest.approx(3.648, abs=5e-4)
+    assert max_radius(1.0, 100_000, 0.001) == pytest.approx(3.811, abs=5e-4)
+    assert anytime_radius(100_000, 100_000, 0.5, 0.001) == pytest.approx(0.5 * 3.648, abs=5e-4)
+
+
+@pytest.mark.parametrize("S,n,alpha", [(1, 1, 0.05), (90, 100, 0.001), (9_950, 10_000, 0.001), (3, 40, 0.1)])
+def test_lower_bound_is_the_root_below_the_rate(S, n, alpha):
+    lower = lower_confidence_bound(S, n, alpha)
+    assert lower == pytest.approx(_independent_lower_bound(S, n, alpha), abs=1e-12)
+    assert 0 < lower < S / n
+    assert log_martingale(S, n, lower) == pytest.approx(math.log(1 / alpha), abs=1e-6)
+    assert lower_confidence_bound(0, n, alpha) == 0.0
+    vector = lower_confidence_bound(np.array([S, 0]), np.array([n, n]), alpha)  # the bisection path
+    assert vector[0] == pytest.approx(lower, abs=1e-12) and vector[1] == 0.0
+
+
+@pytest.mark.parametrize("p0,alpha", [(0.5, 0.05), (0.6915, 0.001), (0.977, 0.01)])
+def test_thresholds_equal_the_direct_definition(p0, alpha):
+    """s_n and a_n agree with brute force over every (n, S): the regions are upper / lower sets."""
+    max_n = 400
+    test = sequential_test(p0, alpha, max_n, abstain_alpha=0.02)
+    for n in range(1, max_n + 1):
+        S = np.arange(n + 1)
+        logm = log_martingale(S, n, p0)
+        certify = (S >= p0 * n) & (logm >= math.log(1 / alpha))
+        abstain = (S <= p0 * n) & (logm >= math.log(1 / 0.02))
+        assert np.array_equal(certify, S >= test.certify_min[n]), n
+        assert np.array_equal(abstain, S <= test.abstain_max[n]), n
+
+
+def test_thresholds_are_nested_across_radii():
+    """Certifying a larger radius implies certifying every smaller one; abstaining goes the other way."""
+    tests = [sequential_test(float(norm.cdf(r / SIGMA)), 0.001, 3000) for r in (0.0, 0.25, 0.5, 1.0)]
+    for small, large in zip(tests, tests[1:]):
+        assert np.all(small.certify_min <= large.certify_min)
+        assert np.all(small.abstain_max <= large.abstain_max)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.001])
+@pytest.mark.parametrize("p0", [0.6, 0.9])
+@pytest.mark.parametrize("step", [1, 37])
+def test_exact_probability_of_a_wrong_certificate_is_at_most_alpha(alpha, p0, step):
+    test = sequential_test(p0, alpha, 3000)
+    for p in (p0, p0 - 1e-3, p0 - 0.02):
+        certified, abstained, _ = test.operating_characteristics(p, step=step)
+        assert certified <= alpha, (p, certified)
+        assert certified + abstained == pytest.approx(1.0, abs=1e-12)
+    assert test.operating_characteristics(min(p0 + 0.08, 0.995), step=step)[0] > 0.5  # and it has power
+
+
+def test_exact_computation_catches_peeking_at_clopper_pearson():
+    """The same DP flags the classic mistake: a fixed-n bound re-read after every sample."""
+    alpha, p0, max_n = 0.05, 0.6, 3000
+    test = sequential_test(p0, alpha, max_n)
+    n = np.arange(max_n + 1)
+    peeking = (binom.isf(alpha, n, p0) + 1).astype(np.int64)  # least S with P(X >= S) <= alpha
+    peeking[0] = max_n + 1
+    naive = dataclasses.replace(test, certify_min=peeking, abstain_max=np.full(max_n + 1, -1),
+                                reach=np.full(max_n + 2, -max_n - 2))
+    assert naive.operating_characteristics(p0)[0] > 2 * alpha
+    assert test.operating_characteristics(p0)[0] <= alpha
+
+
+@pytest.mark.parametrize("radius,pA,expected", [(0.25, 0.99, 28), (0.5, 0.9, 680), (1.0, 0.99, 2200)])
+def test_mean_samples_to_decide_match_reference(radius, pA, expected):
+    """REFERENCE section 4 (sigma 0.5, alpha 1e-3, batch size 1): exact DP and a Bernoulli simulation."""
+    test = sequential_test(float(norm.cdf(radius / SIGMA)), 0.001, 20_000)
+    certified, _, mean_n = test.operating_characteristics(pA)
+    assert mean_n == pytest.approx(expected, rel=0.25)
+    assert certified > 0.99
+
+    rng = np.random.default_rng(0)
+    trials, horizon = 200, 4 * expected
+    S = np.cumsum(rng.random((trials, horizon)) < pA, axis=1)
+    n = np.arange(1, horizon + 1)
+    stop = (S >= test.certify_min[n]) | (S <= test.abstain_max[n])
+    assert stop.any(axis=1).all()
+    stopped_at = stop.argmax(axis=1) + 1
+    assert stopped_at.mean() == pytest.approx(mean_n, abs=5 * stopped_at.std() / math.sqrt(trials))
+
+
+def test_linear_oracle_sequential_false_certificates_within_alpha():
+    """Radius just above the true distance: certificates there are false; rate <= alpha (and = the DP's)."""
+    alpha, trials, max_n, step = 0.05, 400, 2000, 50
+    distance = 0.3
+    g, x = _linear_at_distance(distance)
+    radii = [0.5 * distance, distance * 1.0001]
+    results = list(certify_at_many(g, [x] * trials, radii, alpha, max_n, batch_size=1000, seed=1, step=step))
+    assert {r.cA for r in results} == {1}
+    false = np.array([r.certified[1] for r in results])
+    allowance = 3 * math.sqrt(alpha * (1 - alpha) / trials)  # 3 binomial standard errors
+    assert false.mean() <= alpha + allowance
+    pA = float(norm.cdf(distance / SIGMA))
+    predicted = sequential_test(float(norm.cdf(radii[1] / SIGMA)), alpha, max_n).operating_characteristics(pA, step)[0]
+    assert abs(false.mean() - predicted) <= 4 * math.sqrt(predicted * (1 - predicted) / trials) + 1 / trials
+    assert np.mean([r.certified[0] for r in results]) > 0.9  # the smaller, true radius is found
+
+
+def test_linear_oracle_anytime_radius_within_true_distance():
+    alpha, trials = 0.05, 300
+    distance = 0.4
+    g, x = _linear_at_distance(distance)
+    results = list(certify_anytime_many(g, [x] * trials, alpha, max_n=5000, batch_size=2000, seed=2, step=200))
+    radii = np.array([r.radius for r in results])
+    assert np.mean(radii > distance) <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials)
+    assert np.median(radii) > 0.5 * distance  # and it certifies something sizeable
+
+
+def test_grid_stops_when_every_radius_is_decided():
+    g, x = _linear_at_distance(3.0)  # pA = Phi(6): every draw hits
+    c = certify_at(g, x, [0.25, 0.5], alpha=0.001, max_n=10_000, batch_size=10)
+    assert c.certified == (True, True) and c.prediction == 1 and c.radius == 0.5
+    assert c.n == max(c.decided_at) < 200 and c.nA == c.n and c.n0 == 100
+    g, x = _linear_at_distance(0.0)  # pA = 1/2: the mirror test abstains early
+    c = certify_at(g, x, 0.5, alpha=0.001, max_n=100_000, batch_size=100)
+    assert c.certified == (False,) and c.prediction == -1 and c.radius == 0.0 and c.n < 2000
+
+
+def test_anytime_stops_early_and_abstains_when_hopeless():
+    g, x = _linear_at_distance(0.0)
+    c = certify_anytime(g, x, alpha=0.001, max_n=100_000, batch_size=500)
+    assert c.prediction == -1 and c.radius == 0.0 and c.n < 100_000
+    g, x = _linear_at_distance(0.5)  # pA = Phi(1) = 0.84
+    c = certify_anytime(g, x, alpha=0.001, max_n=100_000, batch_size=500)
+    assert c.prediction == 1 and 0.3 < c.radius < 0.5 and c.n < 100_000
+    assert c.pA_lower >= lower_confidence_bound(c.nA, c.n, 0.001)  # the running max of L_n
+    assert c.radius == pytest.approx(SIGMA * norm.ppf(c.pA_lower), abs=1e-12)
+
+
+def test_packing_does_not_change_results():
+    """Several images per batch give exactly the per-image results (same step, same streams)."""
+    torch.manual_seed(0)
+    g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), sigma=SIGMA, num_classes=3)
+    xs = [torch.rand(1, 2, 2) for _ in range(7)]
+    packed = list(certify_at_many(g, xs, [0.1, 0.3], 0.01, 600, batch_size=120, seed=3, indices=range(10, 17),
+                                  n0=30, step=40))
+    alone = [certify_at(g, x, [0.1, 0.3], 0.01, 600, batch_size=40, seed=3, index=i, n0=30)
+             for i, x in zip(range(10, 17), xs)]
+    assert packed == alone
+    packed = list(certify_anytime_many(g, xs, 0.01, 600, batch_size=100, seed=3, n0=30, step=25))
+    alone = [certify_anytime(g, x, 0.01, 600, batch_size=25, seed=3, index=i, n0=30) for i, x in enumerate(xs)]
+    assert packed == alone
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(radius=-0.1), "radius"), (dict(radius=[]), "radius"), (dict(alpha=1.5), "alpha"),
+    (dict(step=200), "step"), (dict(max_n=0), "max_n"), (dict(n0=0), "n0"),
+])
+def test_bad_arguments_raise(kwargs, match):
+    g, x = _linear_at_distance(0.3)
+    args = dict(radius=0.25, alpha=0.001, max_n=100, batch_size=100) | kwargs
+    with pytest.raises(ValueError, match=match):
+        certify_at(g, x, **args)
+
+
+def test_bad_threshold_arguments_raise():
+    with pytest.raises(ValueError, match="p0"):
+        sequential_test(1.0, 0.001, 100)
+    with pytest.raises(ValueError, match="abstain_alpha|alpha"):
+        sequential_test(0.7, 0.001, 100, abstain_alpha=0.0)
