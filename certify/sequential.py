@@ -100,7 +100,10 @@ def lower_confidence_bound(S, n, alpha: float):
         if S == 0:
             return 0.0
         f = lambda p: float(log_martingale(S, n, p)) - target
-        return float(brentq(f, 1e-300, float(S / n), xtol=1e-16, rtol=4 * np.finfo(float).eps))
+        root = brentq(f, 1e-300, float(S / n), xtol=1e-16, rtol=4 * np.finfo(float).eps)
+        while f(root) < 0:  # stay on the rejected side of the root, never above it
+            root = np.nextafter(root, 0.0)
+        return float(root)
     lo = np.zeros_like(S)
     hi = np.divide(S, n, out=np.zeros_like(S), where=n > 0)
     for _ in range(_BISECTIONS):  # invariant: log M(lo) >= target > log M(hi), by (a) and (b)
@@ -393,13 +396,15 @@ def _run(smoothed: Smoothed, jobs: Iterable[_Job], batch_size: int) -> Iterator[
     shape = None
     while True:
         batch: list[tuple[_Job, int]] = []
-        used = 0
+        used, blocked = 0, False
         for job in active:
-            gen, size = job.next_chunk()
+            size = job.next_chunk()[1]
             if used + size <= batch_size:
                 batch.append((job, size))
                 used += size
-        while used < batch_size and not exhausted:
+            else:
+                blocked = True  # someone already waits: start no new image this batch
+        while used < batch_size and not exhausted and not blocked:
             job = next(jobs, None)
             if job is None:
                 exhausted = True
