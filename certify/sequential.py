@@ -273,14 +273,16 @@ class GridCertificate:
     ``certified[i]`` says whether g is certified to predict ``cA`` on the ball of radius ``radii[i]``
     (radii ascending); ``decided_at[i]`` is the test sample count at which radius i was decided
     (certified, abstained, or max_n reached). ``n`` test samples (``nA`` hits) plus ``n0`` selection
-    samples were drawn. ``prediction`` is cA when at least one radius is certified, else -1;
-    ``radius`` is the largest certified radius (0.0 when none), which is what a TSV line records.
+    samples were drawn. ``pA_lower`` is L_n at the stop (a valid bound there too, 0 when n = 0).
+    ``prediction`` is cA when at least one radius is certified, else -1; ``radius`` is the largest
+    certified radius (0.0 when none), which is what a TSV line records.
     """
 
     cA: int
     radii: tuple[float, ...]
     certified: tuple[bool, ...]
     decided_at: tuple[int, ...]
+    pA_lower: float
     nA: int
     n: int
     n0: int
@@ -357,8 +359,9 @@ class _GridJob(_Job):
         return all(self.decision)
 
     def result(self) -> GridCertificate:
+        lower = lower_confidence_bound(self.nA, self.n, self.tests[0].alpha) if self.n else 0.0
         return GridCertificate(self.cA, self.radii, tuple(d > 0 for d in self.decision),
-                               tuple(self.decided_at), self.nA, self.n, self.n0)
+                               tuple(self.decided_at), float(lower), self.nA, self.n, self.n0)
 
 
 class _AnytimeJob(_Job):

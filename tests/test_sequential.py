@@ -165,6 +165,7 @@ def test_grid_stops_when_every_radius_is_decided():
     c = certify_at(g, x, [0.25, 0.5], alpha=0.001, max_n=10_000, batch_size=10)
     assert c.certified == (True, True) and c.prediction == 1 and c.radius == 0.5
     assert c.n == max(c.decided_at) < 200 and c.nA == c.n and c.n0 == 100
+    assert norm.cdf(0.5 / SIGMA) <= c.pA_lower == lower_confidence_bound(c.n, c.n, 0.001)
     g, x = _linear_at_distance(0.0)  # pA = 1/2: the mirror test abstains early
     c = certify_at(g, x, 0.5, alpha=0.001, max_n=100_000, batch_size=100)
     assert c.certified == (False,) and c.prediction == -1 and c.radius == 0.0 and c.n < 2000
