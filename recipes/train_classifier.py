@@ -1,0 +1,17 @@
+"""Train a classifier from a YAML config: ``accelerate launch recipes/train_classifier.py --config FILE.yaml``.
+
+Runs unchanged on a CPU, one GPU or many; ``--resume`` continues a killed run from its last epoch.
+"""
+
+import argparse
+import logging
+
+from classifiers.training import train_classifier_from_config
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML training config (see recipes/configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in the config's output_dir")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    print(train_classifier_from_config(args.config, resume=args.resume))
