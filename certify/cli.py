@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -89,19 +90,17 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from .runs import RunSettings, build_smoothed, run_certification
-    from .data import create_dataset
+    from .runs import RunSettings, certify_dataset
 
     settings = RunSettings(
         classifier=args.classifier, denoiser=args.denoiser, dataset=args.dataset, sigma=args.sigma,
         mode=args.command, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha, batch=args.batch,
         skip=args.skip, max=args.max, seed=args.seed,
         options={"autocast": args.autocast} if args.autocast else {},
-    ).validate()
-    smoothed = build_smoothed(settings, device=args.device)
-    dataset = create_dataset(settings.dataset)
-    out = run_certification(smoothed, dataset, settings, args.out, quiet=args.quiet)
-    print(f"wrote {out}")
+    )
+    out = certify_dataset(settings, args.out, device=args.device, quiet=args.quiet)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"wrote {out}")
 
 
 def cmd_analyze(args: argparse.Namespace) -> None:

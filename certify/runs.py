@@ -61,6 +61,15 @@ class RunSettings:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "RunSettings":
+        """Settings from a config mapping; an unknown key is an error that names it."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(f"unknown run setting(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**config).validate()
+
     def validate(self) -> "RunSettings":
         if self.mode not in COLUMNS:
             raise ValueError(f"mode must be one of {', '.join(COLUMNS)}, got {self.mode!r}")
@@ -297,3 +306,36 @@ def build_smoothed(settings: RunSettings, device: str | None = None) -> Smoothed
     denoiser = create_denoiser(settings.denoiser).eval().to(dev)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[settings.options.get("autocast")]
     return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=autocast)
+
+
+def distributed_context(device: str | None = None) -> tuple[int, int, Callable[[], None], torch.device]:
+    """(rank, world size, barrier, device): Accelerate's view when launched with ``accelerate launch``.
+
+    A plain ``python`` run is rank 0 of 1 on ``device`` (default cuda if available, else cpu).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        # Under torchrun (`accelerate launch --multi_gpu`) without CUDA, Accelerate must be told to use
+        # CPU processes (gloo); otherwise every process would believe it runs alone.
+        use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        state = PartialState(cpu=use_cpu)
+        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
+    return 0, 1, lambda: None, default_device(device)
+
+
+def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str | None = None,
+                    quiet: bool = False) -> Path:
+    """Build the pipeline and dataset a run's settings name and certify it into ``out``.
+
+    The one entry point behind ``dsmooth certify``/``predict``, ``recipes/certify.py`` and ``compare``:
+    under ``accelerate launch`` the images are split across the processes and merged at the end.
+    """
+    from .data import create_dataset
+
+    settings.validate()
+    rank, world_size, barrier, dev = distributed_context(device)
+    smoothed = build_smoothed(settings, device=str(dev))
+    dataset = create_dataset(settings.dataset)
+    return run_certification(smoothed, dataset, settings, out, quiet=quiet,
+                             rank=rank, world_size=world_size, barrier=barrier)

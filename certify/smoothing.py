@@ -125,7 +125,7 @@ class Smoothed(nn.Module):
         while remaining > 0:
             b = min(batch_size, remaining)
             noise = torch.randn((b, *x.shape), generator=generator, device=x.device, dtype=torch.float32)
-            preds = self.base_predict(x + noise * self.sigma)
+            preds = self.base_predict(noise.mul_(self.sigma).add_(x))  # x + sigma * N(0, I), in place
             counts.index_add_(0, preds, ones[:b])
             remaining -= b
         return counts
