@@ -5,6 +5,12 @@ Runs unchanged on a CPU, one GPU or many; ``--resume`` continues a killed run fr
 
 import argparse
 import logging
+import os
+import sys
+
+# Python puts this script's folder first on sys.path; a recipe named like a package
+# (recipes/certify.py) would then shadow the library. Recipes import the library, never each other.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 from classifiers.training import train_classifier_from_config
 

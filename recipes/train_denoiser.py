@@ -6,6 +6,12 @@ GPU or many, and ``--resume`` continues a killed run from its last finished epoc
 
 import argparse
 import logging
+import os
+import sys
+
+# Python puts this script's folder first on sys.path; a recipe named like a package
+# (recipes/certify.py) would then shadow the library. Recipes import the library, never each other.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 from denoisers.training import train_from_config
 
