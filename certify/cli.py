@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--radii", default=None, help="comma-separated radius grid (default: the dataset's)")
     p.add_argument("--names", default=None, help="comma-separated run names (default: file stems)")
 
+    p = sub.add_parser("compare", help="certify several denoiser/classifier pipelines on the same images")
+    p.add_argument("--config", required=True, help="compare YAML (see recipes/configs/)")
+    p.add_argument("--out", default=None, help="output folder (default: reports/<config name>)")
+    p.add_argument("--n", type=int, default=None, help="override the config's n (quick runs)")
+    p.add_argument("--limit", type=int, default=None, help="override the config's image count")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("train-denoiser", help="train a denoiser from a YAML config (Accelerate)")
     p.add_argument("--config", required=True)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -112,6 +120,17 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/table.md, table.csv, high_probability.md, curves.png")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .analysis import markdown_table
+    from .compare import compare
+
+    out = args.out or f"reports/{Path(args.config).stem}"
+    summary = compare(args.config, out, n=args.n, limit=args.limit, quiet=args.quiet, device=args.device)
+    if summary:
+        print(markdown_table(summary["header"], summary["rows"]), end="")
+        print(f"wrote {out}/README.md, table.md, table.csv, curves.png")
+
+
 def cmd_train_denoiser(args: argparse.Namespace) -> None:
     from denoisers.training import train_from_config
 
@@ -119,7 +138,7 @@ def cmd_train_denoiser(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"list": cmd_list, "certify": cmd_run, "predict": cmd_run, "analyze": cmd_analyze,
-            "train-denoiser": cmd_train_denoiser}
+            "compare": cmd_compare, "train-denoiser": cmd_train_denoiser}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

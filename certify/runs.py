@@ -59,7 +59,7 @@ class RunSettings:
     skip: int = 1
     max: int | None = None
     seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # autocast, classifier_kwargs, denoiser_kwargs
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "RunSettings":
@@ -302,8 +302,8 @@ def build_smoothed(settings: RunSettings, device: str | None = None) -> Smoothed
     from denoisers import create_denoiser
 
     dev = default_device(device)
-    classifier = create_classifier(settings.classifier).eval().to(dev)
-    denoiser = create_denoiser(settings.denoiser).eval().to(dev)
+    classifier = create_classifier(settings.classifier, **settings.options.get("classifier_kwargs", {})).eval().to(dev)
+    denoiser = create_denoiser(settings.denoiser, **settings.options.get("denoiser_kwargs", {})).eval().to(dev)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[settings.options.get("autocast")]
     return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=autocast)
 

@@ -7,6 +7,11 @@ The config holds the fields of ``certify.runs.RunSettings`` plus ``out`` (and op
 """
 
 import argparse
+import os
+import sys
+
+# This script's folder comes first on sys.path, and recipes/certify.py would shadow the library.
+sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import yaml
 

@@ -1,0 +1,87 @@
+"""`dsmooth compare`: every pipeline on the same images, a table that agrees with its TSVs, resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from certify.cli import main
+from certify.compare import load_compare_config
+from classifiers import list_classifiers
+from classifiers.small_cnn import SmallCNN
+from denoisers import list_denoisers
+
+CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+
+
+@pytest.fixture
+def config(tmp_path) -> Path:
+    torch.manual_seed(0)
+    SmallCNN(width=8).save_pretrained(tmp_path / "cnn")
+    cfg = {
+        "name": "tiny", "dataset": "digits:test", "n0": 10, "n": 100, "alpha": 0.01, "batch": 110, "skip": 7,
+        "images": 6, "seed": 1, "radii": [0, 0.1, 0.2],
+        "pipelines": [
+            {"name": "alone", "classifier": f"small-cnn:{tmp_path / 'cnn'}", "sigma": 0.12},
+            {"name": "alone-wide", "classifier": f"small-cnn:{tmp_path / 'cnn'}", "denoiser": "none", "sigma": 0.5},
+        ],
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_compare_table_matches_its_tsvs(config, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.reader(open(out / "table.csv")))
+    header, body = rows[0], rows[1:]
+    assert header[:6] == ["run", "sigma", "images", "r=0", "r=0.1", "r=0.2"]
+    indices = None
+    for name, row in zip(("alone", "alone-wide"), body):
+        lines = [l.split("\t") for l in (out / f"{name}.tsv").read_text().splitlines()[1:]]
+        idx = [int(l[0]) for l in lines]
+        indices = indices or idx
+        assert idx == indices == [0, 7, 14, 21, 28, 35]  # same images for every pipeline
+        radius = np.array([float(l[3]) for l in lines])
+        correct = np.array([int(l[4]) for l in lines])
+        for r, cell in zip((0, 0.1, 0.2), row[3:6]):
+            assert float(cell) == pytest.approx(round(100 * np.mean((correct == 1) & (radius >= r)), 1))
+        assert float(row[header.index("ACR")]) == pytest.approx(round(float(np.mean(radius * correct)), 3))
+    assert body[2][0].startswith("envelope")
+    readme = (out / "README.md").read_text()
+    assert "digits:test" in readme and "n = 100" in readme and "alone-wide" in readme
+    assert (out / "curves.png").stat().st_size > 1000
+
+    before = (out / "alone.tsv").read_text()
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quiet"]) == 0  # resume: nothing to do
+    assert (out / "alone.tsv").read_text() == before
+
+
+def test_compare_overrides_and_bad_config(config, tmp_path, capsys):
+    out = tmp_path / "quick"
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quiet", "--limit", "2", "--n", "50"]) == 0
+    lines = (out / "alone.tsv").read_text().splitlines()
+    assert len(lines) == 3 and lines[1].split("\t")[8] == "50"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset: digits\npipelines:\n  - {name: a, classifier: small-cnn, sigma: 0.5, colour: red}\n")
+    assert main(["compare", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "pipeline 0 needs name, classifier, sigma" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_compare_configs_parse_and_name_registered_plugins(path):
+    raw = yaml.safe_load(path.read_text())
+    if "pipelines" not in raw:
+        pytest.skip("not a compare config")
+    config = load_compare_config(path)
+    denoisers, classifiers = set(list_denoisers()), set(list_classifiers())
+    for p in config["pipelines"]:
+        assert p.denoiser.split(":")[0] in denoisers, p.denoiser
+        assert p.classifier.split(":")[0] in classifiers, p.classifier
