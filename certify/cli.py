@@ -18,6 +18,10 @@ log = logging.getLogger("dsmooth")
 def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--classifier", required=True, help="classifier spec, e.g. small-cnn.mnist5k or timm:resnet50")
     p.add_argument("--denoiser", default="none", help="denoiser spec (default: none)")
+    p.add_argument("--classifier-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for the classifier factory, e.g. pretrained=false or endpoint=URL (repeatable)")
+    p.add_argument("--denoiser-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for the denoiser factory, e.g. num_steps=10 (repeatable)")
     p.add_argument("--dataset", required=True, help="dataset spec, e.g. mnist5k:test, foolbox:imagenet, hf:DIR")
     p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
     if mode == "certify":
@@ -33,6 +37,12 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
                    help="run the networks in lower precision (noise stays fp32); GPU only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    api = p.add_argument_group("remote classifiers (remote:google|azure|aws|clarifai|http)")
+    api.add_argument("--label-from-api", action="store_true",
+                     help="ground truth = the API's top label on the clean image (as Salman et al.)")
+    api.add_argument("--api-cache", default=None, help="answer cache folder (default: OUT stem + .api-cache)")
+    api.add_argument("--query-budget", type=int, default=None, help="refuse to send more than this many queries")
+    api.add_argument("--api-concurrency", type=int, default=None, help="requests in flight at once")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +87,19 @@ def _parse_floats(text: str | None, what: str) -> list[float] | None:
         raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
+def _parse_kwargs(pairs: Sequence[str], flag: str) -> dict:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}`` (values read as YAML scalars)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"{flag} expects KEY=VALUE with KEY a Python name, got {pair!r}")
+        out[key] = yaml.safe_load(value) if value else ""
+    return out
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     if args.kind == "denoisers":
         from denoisers import DENOISERS, list_denoisers
@@ -104,9 +127,15 @@ def cmd_run(args: argparse.Namespace) -> None:
         classifier=args.classifier, denoiser=args.denoiser, dataset=args.dataset, sigma=args.sigma,
         mode=args.command, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha, batch=args.batch,
         skip=args.skip, max=args.max, seed=args.seed,
-        options={"autocast": args.autocast} if args.autocast else {},
+        options={k: v for k, v in (("autocast", args.autocast), ("label_from_api", args.label_from_api),
+                                   ("classifier_kwargs", _parse_kwargs(args.classifier_arg, "--classifier-arg")),
+                                   ("denoiser_kwargs", _parse_kwargs(args.denoiser_arg, "--denoiser-arg"))) if v},
     )
-    out = certify_dataset(settings, args.out, device=args.device, quiet=args.quiet)
+    runtime = {k: v for k, v in (("cache_dir", args.api_cache), ("budget", args.query_budget),
+                                 ("concurrency", args.api_concurrency)) if v is not None}
+    if runtime and not args.classifier.startswith("remote:"):
+        raise ValueError(f"--api-cache, --query-budget and --api-concurrency need a remote classifier, got {args.classifier!r}")
+    out = certify_dataset(settings, args.out, device=args.device, quiet=args.quiet, runtime_kwargs=runtime)
     if os.environ.get("RANK", "0") == "0":
         print(f"wrote {out}")
 
@@ -156,6 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"dsmooth {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:
+        if type(exc).__name__ != "BudgetExceeded":  # a remote API's query budget: say so, no traceback
+            raise
+        print(f"dsmooth {args.command}: stopped: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

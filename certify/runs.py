@@ -244,6 +244,8 @@ def run_certification(
             for idx in bar:
                 x, label = dataset[idx]
                 start = time.perf_counter()
+                if settings.options.get("label_from_api"):
+                    label = smoothed.classifier.clean_label(x)  # ground truth: the API's top label on the clean image
                 if settings.mode == "certify":
                     result = smoothed.certify_full(x, settings.n0, settings.n, settings.alpha, settings.batch,
                                                    seed=settings.seed, index=idx)
@@ -291,8 +293,12 @@ def default_device(device: str | None = None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def build_smoothed(settings: RunSettings, device: str | None = None) -> Smoothed:
+def build_smoothed(settings: RunSettings, device: str | None = None,
+                   runtime_kwargs: dict[str, Any] | None = None) -> Smoothed:
     """The smoothed pipeline a run's settings name, built through the plugin registries.
+
+    ``runtime_kwargs`` go to the classifier without being part of the run's identity (a remote API's
+    cache folder, query budget, concurrency).
 
     >>> s = RunSettings(classifier="small-cnn", dataset="digits", sigma=0.5)
     >>> build_smoothed(s).sigma
@@ -302,7 +308,8 @@ def build_smoothed(settings: RunSettings, device: str | None = None) -> Smoothed
     from denoisers import create_denoiser
 
     dev = default_device(device)
-    classifier = create_classifier(settings.classifier, **settings.options.get("classifier_kwargs", {})).eval().to(dev)
+    kwargs = {**settings.options.get("classifier_kwargs", {}), **(runtime_kwargs or {})}
+    classifier = create_classifier(settings.classifier, **kwargs).eval().to(dev)
     denoiser = create_denoiser(settings.denoiser, **settings.options.get("denoiser_kwargs", {})).eval().to(dev)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[settings.options.get("autocast")]
     return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=autocast)
@@ -325,7 +332,7 @@ def distributed_context(device: str | None = None) -> tuple[int, int, Callable[[
 
 
 def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str | None = None,
-                    quiet: bool = False) -> Path:
+                    quiet: bool = False, runtime_kwargs: dict[str, Any] | None = None) -> Path:
     """Build the pipeline and dataset a run's settings name and certify it into ``out``.
 
     The one entry point behind ``dsmooth certify``/``predict``, ``recipes/certify.py`` and ``compare``:
@@ -335,7 +342,14 @@ def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str |
 
     settings.validate()
     rank, world_size, barrier, dev = distributed_context(device)
-    smoothed = build_smoothed(settings, device=str(dev))
+    runtime_kwargs = dict(runtime_kwargs or {})
+    if settings.classifier.startswith("remote:"):
+        # Every answer is cached beside the results: a resumed or repeated run re-sends nothing.
+        runtime_kwargs.setdefault("cache_dir", str(Path(out).with_suffix(".api-cache")))
+    elif settings.options.get("label_from_api"):
+        raise ValueError(f"label_from_api needs a remote classifier, got {settings.classifier!r}")
+    smoothed = build_smoothed(settings, device=str(dev), runtime_kwargs=runtime_kwargs)
     dataset = create_dataset(settings.dataset)
-    return run_certification(smoothed, dataset, settings, out, quiet=quiet,
-                             rank=rank, world_size=world_size, barrier=barrier)
+    describe = getattr(smoothed.classifier, "describe", None)
+    return run_certification(smoothed, dataset, settings, out, quiet=quiet, rank=rank, world_size=world_size,
+                             barrier=barrier, extra_manifest={"classifier_details": describe()} if describe else None)
