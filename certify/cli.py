@@ -20,6 +20,8 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--denoiser", default="none", help="denoiser spec (default: none)")
     p.add_argument("--classifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword for the classifier factory, e.g. pretrained=false or endpoint=URL (repeatable)")
+    p.add_argument("--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword for the dataset, e.g. size=224 (repeatable)")
     p.add_argument("--denoiser-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword for the denoiser factory, e.g. num_steps=10 (repeatable)")
     p.add_argument("--dataset", required=True, help="dataset spec, e.g. mnist5k:test, foolbox:imagenet, hf:DIR")
@@ -129,7 +131,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         skip=args.skip, max=args.max, seed=args.seed,
         options={k: v for k, v in (("autocast", args.autocast), ("label_from_api", args.label_from_api),
                                    ("classifier_kwargs", _parse_kwargs(args.classifier_arg, "--classifier-arg")),
-                                   ("denoiser_kwargs", _parse_kwargs(args.denoiser_arg, "--denoiser-arg"))) if v},
+                                   ("denoiser_kwargs", _parse_kwargs(args.denoiser_arg, "--denoiser-arg")),
+                                   ("dataset_kwargs", _parse_kwargs(args.dataset_arg, "--dataset-arg"))) if v},
     )
     runtime = {k: v for k, v in (("cache_dir", args.api_cache), ("budget", args.query_budget),
                                  ("concurrency", args.api_concurrency)) if v is not None}

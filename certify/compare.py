@@ -36,7 +36,7 @@ import yaml
 from .analysis import analyze, markdown_table
 from .runs import RunSettings, certify_dataset, distributed_context
 
-_TOP_KEYS = {"name", "description", "dataset", "mode", "n0", "n", "alpha", "batch", "skip", "images", "seed",
+_TOP_KEYS = {"name", "description", "dataset", "dataset_kwargs", "mode", "n0", "n", "alpha", "batch", "skip", "images", "seed",
              "radii", "pipelines", "device"}
 _PIPE_KEYS = {"name", "classifier", "denoiser", "sigma", "classifier_kwargs", "denoiser_kwargs", "autocast"}
 
@@ -100,6 +100,8 @@ def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, l
             options[key] = getattr(pipe, key)
     if pipe.autocast:
         options["autocast"] = pipe.autocast
+    if config.get("dataset_kwargs"):
+        options["dataset_kwargs"] = dict(config["dataset_kwargs"])
     return RunSettings(
         classifier=pipe.classifier, denoiser=pipe.denoiser, dataset=config["dataset"], sigma=pipe.sigma,
         mode=config.get("mode", "certify"), n0=int(config.get("n0", 100)), n=int(n or config.get("n", 100_000)),

@@ -7,6 +7,9 @@ Specs (``dsmooth list datasets``):
 - ``foolbox:imagenet|cifar10|cifar100|mnist|fashionMNIST``: the 20 real labelled samples foolbox ships.
 - ``imagefolder:PATH``: a class-per-folder tree, through the datasets library's ``imagefolder``.
 - ``hf:NAME[:split]``: a hub dataset id, or a folder written by ``Dataset.save_to_disk``.
+
+Photo datasets take ``size=S``: shorter side resized to S (bicubic), then the central S x S square,
+so that certification happens at the classifier's input resolution.
 """
 
 from __future__ import annotations
@@ -51,8 +54,11 @@ class PILImages(torch.utils.data.Dataset):
     """Images decoded lazily from PIL images (a datasets ``Dataset`` column or a list of files)."""
 
     def __init__(self, get_image, labels: Sequence[int], name: str, class_names: Sequence[str] | None = None,
-                 mode: str | None = None) -> None:
+                 mode: str | None = None, size: int | None = None) -> None:
+        if size is not None and not (isinstance(size, int) and size >= 1):
+            raise ValueError(f"size must be a positive int (pixels), got {size!r}")
         self.get_image, self.targets, self.name, self.mode = get_image, [int(v) for v in labels], name, mode
+        self.size = size
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(max(self.targets) + 1)]
 
     def __len__(self) -> int:
@@ -61,6 +67,14 @@ class PILImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = self.get_image(i)
         img = img.convert(self.mode or ("RGB" if img.mode not in ("L", "RGB") else img.mode))
+        if self.size is not None:  # shorter side to `size` (bicubic, antialiased), then the central square
+            from PIL import Image
+
+            w, h = img.size
+            scale = self.size / min(w, h)
+            img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
+            left, top = (img.size[0] - self.size) // 2, (img.size[1] - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
         arr = np.asarray(img, dtype=np.float32) / 255.0
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(arr)), self.targets[i]
@@ -103,7 +117,7 @@ _FOOLBOX_SETS = ("imagenet", "cifar10", "cifar100", "mnist", "fashionMNIST")
 
 
 @register_dataset("foolbox", summary="foolbox:imagenet|cifar10|cifar100|mnist|fashionMNIST, 20 real labelled samples")
-def foolbox_samples(identifier: str | None = None) -> PILImages:
+def foolbox_samples(identifier: str | None = None, size: int | None = None) -> PILImages:
     from PIL import Image
 
     if identifier not in _FOOLBOX_SETS:
@@ -118,10 +132,10 @@ def foolbox_samples(identifier: str | None = None) -> PILImages:
     mode = "L" if identifier in ("mnist", "fashionMNIST") else "RGB"
     n_classes = {"imagenet": 1000, "cifar10": 10, "cifar100": 100, "mnist": 10, "fashionMNIST": 10}[identifier]
     return PILImages(lambda i: Image.open(files[i][2]), [f[1] for f in files], name=f"foolbox:{identifier}",
-                     class_names=[str(i) for i in range(n_classes)], mode=mode)
+                     class_names=[str(i) for i in range(n_classes)], mode=mode, size=size)
 
 
-def _from_hf(ds: Any, name: str) -> PILImages:
+def _from_hf(ds: Any, name: str, size: int | None = None) -> PILImages:
     """Wrap a datasets ``Dataset``: its first Image column, and its ClassLabel (or int) label column."""
     from datasets import ClassLabel, Image as ImageFeature
 
@@ -133,20 +147,21 @@ def _from_hf(ds: Any, name: str) -> PILImages:
     feature = ds.features[label_cols[0]]
     class_names = feature.names if isinstance(feature, ClassLabel) else None
     images = ds.cast_column(image_cols[0], ImageFeature())
-    return PILImages(lambda i: images[i][image_cols[0]], ds[label_cols[0]], name=name, class_names=class_names)
+    return PILImages(lambda i: images[i][image_cols[0]], ds[label_cols[0]], name=name, class_names=class_names,
+                     size=size)
 
 
 @register_dataset("imagefolder", summary="imagefolder:PATH, class-per-folder images (datasets 'imagefolder')")
-def imagefolder(identifier: str | None = None) -> PILImages:
+def imagefolder(identifier: str | None = None, size: int | None = None) -> PILImages:
     from datasets import load_dataset
 
     if not identifier or not Path(identifier).is_dir():
         raise ValueError(f"imagefolder needs an existing folder, got {identifier!r}")
-    return _from_hf(load_dataset("imagefolder", data_dir=identifier, split="train"), f"imagefolder:{identifier}")
+    return _from_hf(load_dataset("imagefolder", data_dir=identifier, split="train"), f"imagefolder:{identifier}", size)
 
 
 @register_dataset("hf", summary="hf:NAME[:split], a hub dataset or a save_to_disk folder (default split test)")
-def hf_dataset(identifier: str | None = None) -> PILImages:
+def hf_dataset(identifier: str | None = None, size: int | None = None) -> PILImages:
     import datasets
 
     if not identifier:
@@ -161,7 +176,7 @@ def hf_dataset(identifier: str | None = None) -> PILImages:
             ds = ds[split]
     else:
         ds = datasets.load_dataset(name, split=split or "test")
-    return _from_hf(ds, f"hf:{identifier}")
+    return _from_hf(ds, f"hf:{identifier}", size)
 
 
 def create_dataset(spec: str, **kwargs: Any) -> torch.utils.data.Dataset:

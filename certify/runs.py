@@ -59,7 +59,7 @@ class RunSettings:
     skip: int = 1
     max: int | None = None
     seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)  # autocast, classifier_kwargs, denoiser_kwargs
+    options: dict[str, Any] = field(default_factory=dict)  # autocast, {classifier,denoiser,dataset}_kwargs, label_from_api
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "RunSettings":
@@ -349,7 +349,7 @@ def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str |
     elif settings.options.get("label_from_api"):
         raise ValueError(f"label_from_api needs a remote classifier, got {settings.classifier!r}")
     smoothed = build_smoothed(settings, device=str(dev), runtime_kwargs=runtime_kwargs)
-    dataset = create_dataset(settings.dataset)
+    dataset = create_dataset(settings.dataset, **settings.options.get("dataset_kwargs", {}))
     describe = getattr(smoothed.classifier, "describe", None)
     return run_certification(smoothed, dataset, settings, out, quiet=quiet, rank=rank, world_size=world_size,
                              barrier=barrier, extra_manifest={"classifier_details": describe()} if describe else None)
