@@ -99,7 +99,9 @@ class DiffusionDenoiser(nn.Module):
         timestep_rule: ``"first"`` (default, Carlini et al.) or ``"nearest"``; see `timestep_for_sigma`.
         num_steps: 1 = one-shot (default). More runs the reverse chain from t* down to 0 in that many
             model calls on evenly spaced timesteps (the comparison in the paper; it tends to hallucinate).
-        eta: noise of the multi-step chain: 1 = DDPM ancestral sampling (default), 0 = deterministic DDIM.
+        eta: noise of the multi-step chain: 0 = deterministic DDIM (default), 1 = DDPM ancestral sampling
+            (the paper's chain). eta > 0 draws from the global torch RNG, so such runs are not reproducible
+            by the engine's seed (one-shot and eta = 0 are deterministic functions of the noisy image).
         resize: interpolation mode used when the image size differs from ``unet.config.sample_size``:
             the noisy image is resized to the model's size and the estimate back to the input size.
             ``None`` makes a size mismatch an error. Resizing changes the per-pixel noise level, so t*
@@ -107,10 +109,20 @@ class DiffusionDenoiser(nn.Module):
         dtype: run the UNet in this dtype (e.g. ``torch.float16`` / ``torch.bfloat16`` on a GPU); the
             noise and the x_t / x0 arithmetic stay in fp32.
         prediction_type: overrides ``scheduler.config.prediction_type``.
+
+    >>> from diffusers import DDPMScheduler, UNet2DModel
+    >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(4, 8),
+    ...                    down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+    ...                    layers_per_block=1, norm_num_groups=4)
+    >>> den = DiffusionDenoiser(unet, DDPMScheduler())
+    >>> den.timestep(0.5), round(den.implied_sigma(0.5), 3)
+    (259, 0.502)
+    >>> den(torch.rand(2, 1, 8, 8), 0.5).shape
+    torch.Size([2, 1, 8, 8])
     """
 
     def __init__(self, unet: nn.Module, scheduler: Any, timestep_rule: TimestepRule = "first",
-                 num_steps: int = 1, eta: float = 1.0, resize: str | None = "bilinear",
+                 num_steps: int = 1, eta: float = 0.0, resize: str | None = "bilinear",
                  dtype: torch.dtype | str | None = None, prediction_type: str | None = None) -> None:
         super().__init__()
         if timestep_rule not in ("first", "nearest"):
