@@ -302,7 +302,6 @@ def train_classifier_from_config(path: str, resume: bool = False) -> Path:
             record = {"epoch": epoch + 1, "steps": steps, "loss": total / max(count, 1), "eval_accuracy": acc,
                       "seconds": round(time.time() - t0, 2), "lr": scheduler.get_last_lr()[0]}
             log.info("epoch %d: loss %.4f, held-out accuracy %.4f", epoch + 1, record["loss"], acc)
-            tqdm.write(json.dumps(record))
             unwrapped.save_pretrained(out)
             save_training_state(out, epoch, optimizer, scheduler, steps)
             append_log(out, record)

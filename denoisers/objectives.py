@@ -78,7 +78,7 @@ def get_objective(name: str) -> Objective:
 class ClassifierRotation:
     """Frozen classifiers taken in turn, one per minibatch (black-box training through surrogates).
 
-    >>> rot = ClassifierRotation([nn.Identity(), nn.Flatten()])
+    >>> rot = ClassifierRotation([nn.Identity().eval(), nn.Flatten().eval()])
     >>> [type(rot.next()).__name__ for _ in range(3)]
     ['Identity', 'Flatten', 'Identity']
     """

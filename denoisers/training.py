@@ -204,7 +204,6 @@ def train_from_config(path: str, resume: bool = False) -> Path:
                 record.update(evaluate_denoiser(unwrapped, eval_classifier, eval_loader, sigma, device,
                                                 cfg["eval_seed"]))
             log.info("epoch %d: %s", epoch + 1, record)
-            tqdm.write(json.dumps(record))
             unwrapped.provenance["training"].update(epochs_done=epoch + 1, metrics=record)
             unwrapped.save_pretrained(out)
             save_training_state(out, epoch, optimizer, scheduler, steps)
