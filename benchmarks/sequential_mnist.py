@@ -1,0 +1,141 @@
+"""Sample efficiency of anytime-valid sequential certification against Cohen's fixed n, on MNIST.
+
+For each sigma: the pipeline (classifier, denoiser) named by the templates, where ``{s}`` becomes the
+sigma in hundredths with three digits (0.25 -> ``025``). Then, on evenly spaced ``mnist5k:test`` digits:
+- ``sequential``: :func:`certify.sequential.certify_at_many` on the radius grid (several images per
+  batch), mean samples per image (n0 + n) and certified accuracy at each radius;
+- ``cohen``: ``Smoothed.certify_full`` with n = ``--cohen-n`` on the first ``--cohen-images`` of those
+  digits (it is the expensive one), with the sequential figures on the same digits beside it;
+- ``packing``: the same sequential run with one image per batch (batch = step) and with several
+  (batch = ``--batch``): identical results, images per second.
+
+Writes JSON (``--out``). Example, shipped pipelines:
+``python benchmarks/sequential_mnist.py --images 200 --cohen-images 50``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from certify import Smoothed
+from certify.data import create_dataset
+from certify.sequential import certify_at_many
+from classifiers import create_classifier
+from denoisers import create_denoiser
+
+
+def _pipeline(args, sigma: float) -> Smoothed:
+    s = f"{round(sigma * 100):03d}"
+    classifier = create_classifier(args.classifier.format(s=s)).eval()
+    denoiser = None if args.denoiser in ("", "none") else create_denoiser(args.denoiser.format(s=s)).eval()
+    return Smoothed(classifier, denoiser, sigma=sigma, num_classes=classifier.num_classes)
+
+
+def _accuracy(correct: np.ndarray, radius: np.ndarray, radii) -> dict[str, float]:
+    return {f"{r:g}": float(np.mean(correct & (radius >= r))) for r in radii}
+
+
+def _sequential(g, images, labels, args, batch_size, step, desc):
+    start = time.perf_counter()
+    results = list(tqdm(certify_at_many(g, images, args.radii, args.alpha, args.max_n, batch_size,
+                                        seed=args.seed, indices=args.indices, n0=args.n0, step=step),
+                        total=len(images), desc=desc, disable=args.quiet))
+    return results, time.perf_counter() - start
+
+
+def run_sigma(args, sigma: float, data) -> dict:
+    g = _pipeline(args, sigma)
+    images = [data[i][0] for i in args.indices]
+    labels = np.array([data[i][1] for i in args.indices])
+
+    seq, seq_time = _sequential(g, images, labels, args, args.batch, args.step, f"sequential s={sigma}")
+    seq_correct = np.array([r.cA == y for r, y in zip(seq, labels)])
+    seq_certified = np.array([r.certified for r in seq])  # (images, radii)
+    seq_samples = np.array([r.n0 + r.n for r in seq])
+
+    def seq_accuracy(sel):
+        return {f"{r:g}": float(np.mean(seq_correct[sel] & seq_certified[sel, i])) for i, r in enumerate(args.radii)}
+
+    m = min(args.cohen_images, len(images))
+    cohen, start = [], time.perf_counter()
+    for k in tqdm(range(m), desc=f"cohen n={args.cohen_n} s={sigma}", disable=args.quiet):
+        cohen.append(g.certify_full(images[k], args.n0, args.cohen_n, args.alpha, args.batch,
+                                    seed=args.seed, index=args.indices[k]))
+    cohen_time = time.perf_counter() - start
+    cohen_correct = np.array([c.prediction == y for c, y in zip(cohen, labels[:m])])
+    cohen_radius = np.array([c.radius for c in cohen])
+
+    p = min(args.pack_images, len(images))
+    _, alone_time = _sequential(g, images[:p], labels[:p], args, args.step, args.step, "one image per batch")
+    _, packed_time = _sequential(g, images[:p], labels[:p], args, args.batch, args.step, "packed")
+
+    return {
+        "sigma": sigma,
+        "sequential": {
+            "images": len(images), "mean_samples": float(seq_samples.mean()),
+            "median_samples": float(np.median(seq_samples)), "max_samples": int(seq_samples.max()),
+            "certified_accuracy": seq_accuracy(slice(None)), "seconds": seq_time,
+        },
+        "cohen": {
+            "images": m, "n": args.cohen_n, "samples_per_image": args.n0 + args.cohen_n,
+            "certified_accuracy": _accuracy(cohen_correct, cohen_radius, args.radii), "seconds": cohen_time,
+            "sequential_on_same_images": {
+                "mean_samples": float(seq_samples[:m].mean()) if m else None,
+                "certified_accuracy": seq_accuracy(slice(0, m)) if m else None,
+            },
+            "sample_ratio": float((args.n0 + args.cohen_n) / seq_samples[:m].mean()) if m else None,
+        },
+        "packing": {
+            "images": p, "step": args.step, "batch": args.batch,
+            "images_per_s_one_per_batch": p / alone_time, "images_per_s_packed": p / packed_time,
+            "speedup": alone_time / packed_time,
+        },
+    }
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--classifier", default="small-cnn.mnist5k", help="classifier spec; {s} = sigma*100, 3 digits")
+    p.add_argument("--denoiser", default="dncnn.mnist5k_s{s}_mse", help="denoiser spec or 'none'; {s} as above")
+    p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
+    p.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--images", type=int, default=100, help="evenly spaced mnist5k:test digits")
+    p.add_argument("--cohen-images", type=int, default=50, help="the first this many also run Cohen")
+    p.add_argument("--cohen-n", type=int, default=100_000)
+    p.add_argument("--pack-images", type=int, default=50, help="digits timed one-per-batch vs packed")
+    p.add_argument("--max-n", type=int, default=100_000)
+    p.add_argument("--n0", type=int, default=100)
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--step", type=int, default=100, help="samples per image between two checks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", default="benchmarks/results/sequential_mnist.json")
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    data = create_dataset("mnist5k:test")
+    args.indices = [int(i) for i in np.linspace(0, len(data) - 1, args.images).round()]
+    result = {
+        "benchmark": "sequential_mnist", "classifier": args.classifier, "denoiser": args.denoiser,
+        "alpha": args.alpha, "radii": args.radii, "max_n": args.max_n, "n0": args.n0, "seed": args.seed,
+        "threads": args.threads, "platform": platform.platform(), "torch": torch.__version__,
+        "sigmas": [run_sigma(args, s, data) for s in args.sigmas],
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
