@@ -28,6 +28,12 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
     if mode == "certify":
         p.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
+        p.add_argument("--mode", choices=("cohen", "sequential", "anytime"), default="cohen",
+                       help="cohen: fixed n (default); sequential: anytime-valid test at each of --radii, "
+                            "stopping early (n = most samples); anytime: confidence-sequence radius")
+        p.add_argument("--radii", default=None, help="sequential mode: comma-separated radii to decide")
+        p.add_argument("--step", type=int, default=None,
+                       help="sequential/anytime: samples between checks (default: --batch)")
     p.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100,000)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
     p.add_argument("--batch", type=int, default=1000, help="noise samples per forward pass (default 1000)")
@@ -125,14 +131,18 @@ def cmd_list(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from .runs import RunSettings, certify_dataset
 
+    mode = args.command if args.command == "predict" else {"cohen": "certify"}.get(args.mode, args.mode)
+    sequential = {k: v for k, v in (("radii", _parse_floats(getattr(args, "radii", None), "--radii")),
+                                    ("step", getattr(args, "step", None))) if v is not None}
     settings = RunSettings(
         classifier=args.classifier, denoiser=args.denoiser, dataset=args.dataset, sigma=args.sigma,
-        mode=args.command, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha, batch=args.batch,
+        mode=mode, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha, batch=args.batch,
         skip=args.skip, max=args.max, seed=args.seed,
         options={k: v for k, v in (("autocast", args.autocast), ("label_from_api", args.label_from_api),
                                    ("classifier_kwargs", _parse_kwargs(args.classifier_arg, "--classifier-arg")),
                                    ("denoiser_kwargs", _parse_kwargs(args.denoiser_arg, "--denoiser-arg")),
-                                   ("dataset_kwargs", _parse_kwargs(args.dataset_arg, "--dataset-arg"))) if v},
+                                   ("dataset_kwargs", _parse_kwargs(args.dataset_arg, "--dataset-arg"))) if v}
+        | sequential,
     )
     runtime = {k: v for k, v in (("cache_dir", args.api_cache), ("budget", args.query_budget),
                                  ("concurrency", args.api_concurrency)) if v is not None}

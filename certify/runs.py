@@ -29,9 +29,12 @@ from .stats import _check_alpha
 
 log = logging.getLogger(__name__)
 
+_CERTIFY = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower", "nA", "n", "n0")
 COLUMNS = {
-    "certify": ("idx", "label", "predict", "radius", "correct", "time", "pA_lower", "nA", "n", "n0"),
+    "certify": _CERTIFY,      # Cohen's CERTIFY: fixed n
     "predict": ("idx", "label", "predict", "radius", "correct", "time", "nA", "nB", "n"),
+    "sequential": (*_CERTIFY, "certified"),  # anytime-valid test per radius of options["radii"]; n = samples used
+    "anytime": _CERTIFY,      # anytime-valid confidence sequence; pA_lower = running max of L_n
 }
 
 
@@ -39,6 +42,9 @@ COLUMNS = {
 class RunSettings:
     """Everything that determines a run's results (and so must match to resume it).
 
+    ``mode``: ``certify`` (Cohen's fixed n), ``predict``, ``sequential`` (decide each radius of
+    ``options["radii"]`` with an anytime-valid test, stopping early; ``n`` is the most samples it may
+    use) or ``anytime`` (the confidence-sequence radius, stopping when it stops growing).
     ``max`` follows Cohen's code: images are dataset indices 0, skip, 2 skip, ... below ``max``.
     The batch size is part of it: the noise of one image is drawn batch by batch from its own
     stream, so another batch size draws other (equally valid) noise.
@@ -82,6 +88,10 @@ class RunSettings:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.max is not None and not (isinstance(self.max, int) and self.max >= 1):
             raise ValueError(f"max must be an int >= 1 (a dataset index bound), got {self.max!r}")
+        if self.mode == "sequential":
+            radii = self.options.get("radii")
+            if not radii or not all(isinstance(r, (int, float)) and r > 0 for r in radii):
+                raise ValueError(f"sequential mode needs positive radii (options['radii'] / --radii), got {radii!r}")
         return self
 
     def indices(self, dataset_len: int) -> list[int]:
@@ -159,10 +169,12 @@ def _check_resume(out: Path, settings: RunSettings) -> None:
 
 
 def _format_line(mode: str, idx: int, label: int, result: Any, seconds: float) -> str:
-    if mode == "certify":
+    if mode != "predict":
         c = result
         values = (idx, label, c.prediction, repr(float(c.radius)), int(c.prediction == label),
                   f"{seconds:.4f}", repr(float(c.pA_lower)), c.nA, c.n, c.n0)
+        if mode == "sequential":
+            values += (",".join(str(int(v)) for v in c.certified),)
     else:
         prediction, nA, nB, n = result
         values = (idx, label, prediction, repr(0.0), int(prediction == label), f"{seconds:.4f}", nA, nB, n)
@@ -246,14 +258,8 @@ def run_certification(
                 start = time.perf_counter()
                 if settings.options.get("label_from_api"):
                     label = smoothed.classifier.clean_label(x)  # ground truth: the API's top label on the clean image
-                if settings.mode == "certify":
-                    result = smoothed.certify_full(x, settings.n0, settings.n, settings.alpha, settings.batch,
-                                                   seed=settings.seed, index=idx)
-                    prediction = result.prediction
-                else:
-                    prediction, nA, nB = smoothed.predict_full(x, settings.n, settings.alpha, settings.batch,
-                                                               seed=settings.seed, index=idx)
-                    result = (prediction, nA, nB, settings.n)
+                result = _certify_one(smoothed, settings, x, idx)
+                prediction = result[0] if settings.mode == "predict" else result.prediction
                 fh.write(_format_line(settings.mode, idx, int(label), result, time.perf_counter() - start))
                 written += 1
                 seen += 1
@@ -272,6 +278,23 @@ def run_certification(
         manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n")
     barrier()
     return out
+
+
+def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, idx: int) -> Any:
+    """One image, in the run's mode (the sequential tests live in certify.sequential)."""
+    if s.mode == "certify":
+        return smoothed.certify_full(x, s.n0, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
+    if s.mode == "predict":
+        prediction, nA, nB = smoothed.predict_full(x, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
+        return prediction, nA, nB, s.n
+    from . import sequential
+
+    step = s.options.get("step")
+    if s.mode == "sequential":
+        return sequential.certify_at(smoothed, x, sorted(s.options["radii"]), s.alpha, max_n=s.n, batch_size=s.batch,
+                                     seed=s.seed, index=idx, n0=s.n0, step=step)
+    return sequential.certify_anytime(smoothed, x, s.alpha, max_n=s.n, batch_size=s.batch, seed=s.seed, index=idx,
+                                      n0=s.n0, step=step)
 
 
 def _merge(out: Path, columns: Sequence[str]) -> None:

@@ -152,3 +152,28 @@ def test_predict_mode_and_analyze(cnn_dir, tmp_path, capsys):
     for name in ("table.md", "table.csv", "high_probability.md", "curves.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     assert "envelope" in (tmp_path / "rep" / "table.md").read_text()
+
+
+@pytest.mark.parametrize("mode,extra", [("sequential", ["--radii", "0.1,0.05"]), ("anytime", [])])
+def test_sequential_modes_write_their_columns_and_analyze(cnn_dir, tmp_path, mode, extra):
+    out = tmp_path / f"{mode}.tsv"
+    args = _args(cnn_dir, out, n="2000", batch="100") + ["--mode", mode, *extra]
+    assert main(args) == 0
+    header, *rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert header[:10] == ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "nA", "n", "n0"]
+    assert len(rows) == 20
+    for row in rows:
+        assert 100 <= int(row[8]) <= 2000 and int(row[8]) % 100 == 0  # stops early, in steps of the batch
+        if mode == "sequential":
+            certified = [int(v) for v in row[10].split(",")]
+            assert len(certified) == 2 and float(row[3]) in {0.0, *(r for r, c in zip((0.05, 0.1), certified) if c)}
+    assert main(args) == 0  # a finished run resumes to nothing
+    assert main(["analyze", str(out), "--out", str(tmp_path / "rep")]) == 0
+    table = (tmp_path / "rep" / "table.md").read_text()
+    assert "samples/img" in table
+
+
+def test_sequential_mode_needs_radii(cnn_dir, tmp_path, capsys):
+    assert main(_args(cnn_dir, tmp_path / "s.tsv") + ["--mode", "sequential"]) == 2
+    assert "sequential mode needs positive radii" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
