@@ -36,7 +36,8 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
                        help="sequential/anytime: samples between checks (default: --batch)")
     p.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100,000)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
-    p.add_argument("--batch", type=int, default=1000, help="noise samples per forward pass (default 1000)")
+    p.add_argument("--batch", type=_batch_size, default=1000,
+                   help="noise samples per forward pass (default 1000), or 'auto': the largest that fits, probed once")
     p.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image (default 1)")
     p.add_argument("--max", type=int, default=None, help="stop before this dataset index (as in Cohen's code)")
     p.add_argument("--seed", type=int, default=0, help="run seed; each image's streams derive from (seed, index)")
@@ -44,6 +45,8 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
                    help="run the networks in lower precision (noise stays fp32); GPU only")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the networks and batches")
+    p.add_argument("--compile", action="store_true", help="run classifier o denoiser through torch.compile")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     api = p.add_argument_group("remote classifiers (remote:google|azure|aws|clarifai|http)")
     api.add_argument("--label-from-api", action="store_true",
@@ -51,6 +54,15 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
     api.add_argument("--api-cache", default=None, help="answer cache folder (default: OUT stem + .api-cache)")
     api.add_argument("--query-budget", type=int, default=None, help="refuse to send more than this many queries")
     api.add_argument("--api-concurrency", type=int, default=None, help="requests in flight at once")
+
+
+def _batch_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +151,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         mode=mode, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha, batch=args.batch,
         skip=args.skip, max=args.max, seed=args.seed,
         options={k: v for k, v in (("autocast", args.autocast), ("label_from_api", args.label_from_api),
+                                   ("channels_last", args.channels_last), ("compile", args.compile),
                                    ("classifier_kwargs", _parse_kwargs(args.classifier_arg, "--classifier-arg")),
                                    ("denoiser_kwargs", _parse_kwargs(args.denoiser_arg, "--denoiser-arg")),
                                    ("dataset_kwargs", _parse_kwargs(args.dataset_arg, "--dataset-arg"))) if v}

@@ -37,8 +37,9 @@ from .analysis import analyze, markdown_table
 from .runs import RunSettings, certify_dataset, distributed_context
 
 _TOP_KEYS = {"name", "description", "dataset", "dataset_kwargs", "mode", "n0", "n", "alpha", "batch", "skip", "images", "seed",
-             "radii", "pipelines", "device"}
-_PIPE_KEYS = {"name", "classifier", "denoiser", "sigma", "classifier_kwargs", "denoiser_kwargs", "autocast"}
+             "radii", "pipelines", "device", "autocast", "channels_last", "compile"}
+_FAST_KEYS = ("autocast", "channels_last", "compile")  # top level: every pipeline's default
+_PIPE_KEYS = {"name", "classifier", "denoiser", "sigma", "classifier_kwargs", "denoiser_kwargs", *_FAST_KEYS}
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Pipeline:
     classifier_kwargs: dict[str, Any] = field(default_factory=dict)
     denoiser_kwargs: dict[str, Any] = field(default_factory=dict)
     autocast: str | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
 
 
 def load_compare_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -90,6 +93,10 @@ def load_compare_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def _batch(value: Any) -> int | str:
+    return value if value == "auto" else int(value)
+
+
 def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, limit: int | None = None) -> RunSettings:
     """The run settings of one pipeline: shared dataset, counts and seed; its own models and sigma."""
     skip = int(config.get("skip", 1))
@@ -98,14 +105,16 @@ def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, l
     for key in ("classifier_kwargs", "denoiser_kwargs"):
         if getattr(pipe, key):
             options[key] = getattr(pipe, key)
-    if pipe.autocast:
-        options["autocast"] = pipe.autocast
+    for key in _FAST_KEYS:
+        value = getattr(pipe, key) if getattr(pipe, key) is not None else config.get(key)
+        if value:
+            options[key] = value
     if config.get("dataset_kwargs"):
         options["dataset_kwargs"] = dict(config["dataset_kwargs"])
     return RunSettings(
         classifier=pipe.classifier, denoiser=pipe.denoiser, dataset=config["dataset"], sigma=pipe.sigma,
         mode=config.get("mode", "certify"), n0=int(config.get("n0", 100)), n=int(n or config.get("n", 100_000)),
-        alpha=float(config.get("alpha", 0.001)), batch=int(config.get("batch", 1000)), skip=skip,
+        alpha=float(config.get("alpha", 0.001)), batch=_batch(config.get("batch", 1000)), skip=skip,
         max=skip * int(images) if images is not None else None, seed=int(config.get("seed", 0)), options=options,
     ).validate()
 
@@ -141,7 +150,7 @@ def _write_readme(out_dir: Path, config: dict, all_settings: list[RunSettings], 
         f"# Comparison: {config.get('name', Path(config_path).stem)}", "",
         config.get("description", "").strip(), "",
         f"- config: `{config_path}`",
-        f"- dataset: `{s.dataset}`, {images} images (every {s.skip}th), seed {s.seed}",
+        f"- dataset: `{s.dataset}`, {images} images (indices {s.skip} apart, from 0), seed {s.seed}",
         f"- n0 = {s.n0}, n = {s.n}, alpha = {s.alpha}, batch = {s.batch}; every pipeline saw the same images "
         f"and the same noise streams",
         f"- wall time of this invocation: {seconds:.0f} s (finished pipelines are skipped on a re-run)", "",

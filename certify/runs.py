@@ -16,7 +16,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -47,7 +47,9 @@ class RunSettings:
     use) or ``anytime`` (the confidence-sequence radius, stopping when it stops growing).
     ``max`` follows Cohen's code: images are dataset indices 0, skip, 2 skip, ... below ``max``.
     The batch size is part of it: the noise of one image is drawn batch by batch from its own
-    stream, so another batch size draws other (equally valid) noise.
+    stream, so another batch size draws other (equally valid) noise. ``batch="auto"`` probes the
+    largest batch that fits once per run (:meth:`Smoothed.find_batch_size`) and keeps it in the
+    manifest, so a resumed run reuses it.
 
     >>> RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, n=100).validate().mode
     'certify'
@@ -61,11 +63,12 @@ class RunSettings:
     n0: int = 100
     n: int = 100_000
     alpha: float = 0.001
-    batch: int = 1000
+    batch: int | str = 1000
     skip: int = 1
     max: int | None = None
     seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)  # autocast, {classifier,denoiser,dataset}_kwargs, label_from_api
+    options: dict[str, Any] = field(default_factory=dict)  # autocast, channels_last, compile, batch ("auto"),
+    # {classifier,denoiser,dataset}_kwargs, label_from_api, radii, step
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "RunSettings":
@@ -84,8 +87,9 @@ class RunSettings:
         _check_alpha(self.alpha)
         for name in ("n0", "n", "batch", "skip"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            if not (isinstance(value, int) and value >= 1) and not (name == "batch" and value == "auto"):
+                expected = "an int >= 1 or 'auto'" if name == "batch" else "an int >= 1"
+                raise ValueError(f"{name} must be {expected}, got {value!r}")
         if self.max is not None and not (isinstance(self.max, int) and self.max >= 1):
             raise ValueError(f"max must be an int >= 1 (a dataset index bound), got {self.max!r}")
         if self.mode == "sequential":
@@ -211,6 +215,7 @@ def run_certification(
     out = Path(out)
     if out.suffix != ".tsv":
         raise ValueError(f"--out must name a .tsv file, got {str(out)!r}")
+    settings = _resolve_batch(smoothed, dataset, settings, out, world_size)
     _check_resume(out, settings)
     columns = COLUMNS[settings.mode]
     existed = out.exists() or manifest_path(out).exists()
@@ -280,6 +285,25 @@ def run_certification(
     return out
 
 
+def _resolve_batch(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, world_size: int) -> RunSettings:
+    """``batch="auto"``: the batch this run started with (from its manifest), else probe the largest
+    that fits; with several processes all take the smallest, so every image sees the same batches."""
+    if settings.batch != "auto":
+        return settings
+    options = {**settings.options, "batch": "auto"}
+    mpath = manifest_path(out)
+    old = json.loads(mpath.read_text()).get("settings", {}) if mpath.exists() else {}
+    if old.get("options", {}).get("batch") == "auto" and isinstance(old.get("batch"), int):
+        return replace(settings, batch=old["batch"], options=options)
+    limit = max(settings.n0, settings.n) if settings.mode == "certify" else settings.n
+    batch = smoothed.find_batch_size(tuple(dataset[0][0].shape), limit=limit)
+    if world_size > 1:
+        from accelerate.utils import gather_object
+
+        batch = min(gather_object([batch]))
+    return replace(settings, batch=batch, options=options)
+
+
 def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, idx: int) -> Any:
     """One image, in the run's mode (the sequential tests live in certify.sequential)."""
     if s.mode == "certify":
@@ -335,7 +359,9 @@ def build_smoothed(settings: RunSettings, device: str | None = None,
     classifier = create_classifier(settings.classifier, **kwargs).eval().to(dev)
     denoiser = create_denoiser(settings.denoiser, **settings.options.get("denoiser_kwargs", {})).eval().to(dev)
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[settings.options.get("autocast")]
-    return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=autocast)
+    return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=autocast,
+                    channels_last=bool(settings.options.get("channels_last")),
+                    compile=bool(settings.options.get("compile")))
 
 
 def distributed_context(device: str | None = None) -> tuple[int, int, Callable[[], None], torch.device]:

@@ -50,8 +50,10 @@ class Smoothed(nn.Module):
     """A smoothed classifier around ``classifier`` (optionally behind ``denoiser``) at noise ``sigma``.
 
     ``classifier`` takes [0,1] images and returns logits (B, K) or hard labels (B,); ``denoiser``
-    maps ``(noisy, sigma)`` to [0,1] images. Noise is drawn and added in fp32 in [0,1] pixel space;
-    ``autocast_dtype`` (e.g. ``torch.bfloat16``) only lowers the precision of the networks.
+    maps ``(noisy, sigma)`` to [0,1] images. Noise is drawn and added in fp32 in [0,1] pixel space.
+    GPU fast path, all off by default so the CPU path stays exact fp32: ``autocast_dtype`` (e.g.
+    ``torch.bfloat16``) lowers only the precision of the networks; ``channels_last`` stores the
+    networks and the noisy batches in NHWC; ``compile`` runs f o D through ``torch.compile``.
 
     >>> torch.manual_seed(0) is not None
     True
@@ -69,6 +71,8 @@ class Smoothed(nn.Module):
         sigma: float = 0.25,
         num_classes: int | None = None,
         autocast_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not (isinstance(sigma, (int, float)) and sigma > 0 and sigma == sigma):
@@ -81,6 +85,13 @@ class Smoothed(nn.Module):
         self.sigma = float(sigma)
         self.num_classes = num_classes
         self.autocast_dtype = autocast_dtype
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            for net in (classifier, denoiser):
+                if net is not None:
+                    net.to(memory_format=torch.channels_last)
+        # The networks in one function, compiled once when asked (recompiles only for the last, short batch).
+        self._networks = torch.compile(self._f_of_d, dynamic=False) if compile else self._f_of_d
 
     @property
     def device(self) -> torch.device:
@@ -88,13 +99,49 @@ class Smoothed(nn.Module):
             return p.device
         return torch.device(getattr(self.classifier, "device", "cpu"))
 
+    def _f_of_d(self, noisy: torch.Tensor) -> torch.Tensor:
+        images = noisy if self.denoiser is None else self.denoiser(noisy, self.sigma)
+        return self.classifier(images)
+
     def base_predict(self, noisy: torch.Tensor) -> torch.Tensor:
         """Class ids of f(D(noisy)) for a batch of noisy images."""
+        if self.channels_last and noisy.ndim == 4:
+            noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast(noisy.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            images = noisy if self.denoiser is None else self.denoiser(noisy, self.sigma)
-            out = self.classifier(images)
+            out = self._networks(noisy)
         return out if out.ndim == 1 else out.argmax(dim=1)
+
+    def find_batch_size(self, shape: tuple[int, ...], limit: int, start: int = 16, cpu_limit: int = 1024) -> int:
+        """The largest power-of-two batch (<= ``limit``) whose forward pass fits in memory.
+
+        Probed once per pipeline with doublings from ``start``; a batch that raises out-of-memory ends
+        the search. On the CPU, where a too large batch is swapped or killed rather than refused and
+        buys no speed, the search also stops at ``cpu_limit``.
+
+        >>> f = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+        >>> Smoothed(f, sigma=0.25, num_classes=2).find_batch_size((1, 2, 2), limit=100)
+        64
+        """
+        self._check_counts(limit=limit, start=start)
+        device = self.device
+        if device.type == "cpu":
+            limit = min(limit, cpu_limit)
+        best, batch = 0, min(start, limit)
+        while batch <= limit:
+            try:
+                with torch.inference_mode():
+                    self.base_predict(torch.rand((batch, *shape), device=device))
+            except torch.OutOfMemoryError:
+                break
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            best, batch = batch, batch * 2
+        if best == 0:
+            raise RuntimeError(f"not even a batch of {min(start, limit)} images of shape {tuple(shape)} fits "
+                               f"in memory on {device}; pass a smaller batch size")
+        return best
 
     def _check_input(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 3:

@@ -116,8 +116,10 @@ def test_per_image_streams_are_independent_of_order_and_distinct():
     assert len({stream_seed(5, i, s) for i in range(100) for s in ("selection", "estimation")}) == 200
 
 
-def test_noise_is_drawn_in_fp32_before_the_classifier(monkeypatch):
-    """The classifier sees x + sigma * N(0,1) in fp32 in [0,1] space (not clipped, not normalized)."""
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16, torch.float16])
+def test_noise_is_drawn_in_fp32_before_the_classifier(autocast):
+    """The classifier sees x + sigma * N(0,1) in fp32 in [0,1] space (not clipped, not normalized),
+    also when the networks run under autocast: noise drawn in bf16/fp16 would fail the resolution check."""
     seen = []
 
     class Recorder(nn.Module):
@@ -128,13 +130,21 @@ def test_noise_is_drawn_in_fp32_before_the_classifier(monkeypatch):
             return torch.zeros(len(images), 3)
 
     x = torch.rand(1, 4, 4)
-    g = Smoothed(Recorder(), sigma=0.5)
+    g = Smoothed(Recorder(), sigma=0.5, autocast_dtype=autocast)
     g.sample_counts(g._check_input(x), 4000, 4000, torch.Generator().manual_seed(0))
     batch = seen[0]
     assert batch.dtype == torch.float32
     noise = batch - x
     assert noise.mean().abs() < 0.02 and noise.std() == pytest.approx(0.5, rel=0.02)
     assert batch.min() < 0 and batch.max() > 1  # not clipped
+
+    # On a black image with sigma = 0.5 the batch is exactly 0.5 * N(0, 1): its values must carry
+    # fp32 resolution, which noise drawn in a 16-bit type (then upcast) cannot.
+    seen.clear()
+    g.sample_counts(torch.zeros(1, 4, 4), 4000, 4000, torch.Generator().manual_seed(0))
+    for low in (torch.bfloat16, torch.float16):
+        representable = seen[0].to(low).float() == seen[0]
+        assert representable.float().mean() < 0.1, f"noise looks drawn in {low}"
 
 
 def test_counts_stay_on_device_and_sum_to_n():
