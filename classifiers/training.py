@@ -146,6 +146,20 @@ def make_accelerator(cfg: Mapping[str, Any]):
     return accelerator
 
 
+def check_ranks_agree(accelerator, model: nn.Module) -> None:
+    """Raise unless every process holds the same weights (gradient sync worked); a no-op alone.
+
+    Called before each checkpoint, so a desynchronised multi-process run fails loudly instead of
+    saving the main process's drifting copy.
+    """
+    if accelerator.num_processes == 1:
+        return
+    fingerprint = torch.stack([p.detach().double().sum() for p in accelerator.unwrap_model(model).parameters()])
+    every = accelerator.gather(fingerprint.to(accelerator.device)[None]).view(accelerator.num_processes, -1)
+    if not torch.equal(every, every[:1].expand_as(every)):
+        raise RuntimeError("the processes' weights differ after an epoch: gradients were not synchronised")
+
+
 def make_optimizer(params: Iterable[nn.Parameter], cfg: Mapping[str, Any]):
     """Adam (the paper's optimizer) and an optional StepLR, both from the config."""
     optimizer = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -296,6 +310,7 @@ def train_classifier_from_config(path: str, resume: bool = False) -> Path:
                 break
         scheduler.step()
         accelerator.wait_for_everyone()
+        check_ranks_agree(accelerator, model)
         if main:
             unwrapped = accelerator.unwrap_model(model)
             acc = evaluate_classifier(unwrapped, eval_loader, accelerator.device, sigma) if eval_loader else math.nan

@@ -101,6 +101,8 @@ def train_ddpm_from_config(path: str, resume: bool = False) -> Path:
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
+
+    from classifiers.training import check_ranks_agree
     from diffusers import DDPMScheduler, UNet2DModel
     from diffusers.training_utils import EMAModel
     from tqdm.auto import tqdm
@@ -110,7 +112,10 @@ def train_ddpm_from_config(path: str, resume: bool = False) -> Path:
     tcfg = dict(cfg["training"])
     if tcfg.get("num_threads"):
         torch.set_num_threads(int(tcfg["num_threads"]))
-    accelerator = Accelerator(mixed_precision=tcfg.get("mixed_precision", "no"))
+    # Without CUDA, processes started by torchrun (`accelerate launch --multi_gpu`) must be told to
+    # form a CPU (gloo) group, or each would train alone.
+    accelerator = Accelerator(cpu=bool(tcfg.get("cpu")) or not torch.cuda.is_available(),
+                              mixed_precision=tcfg.get("mixed_precision", "no"))
     set_seed(int(cfg.get("seed", 0)))
 
     unet = UNet2DModel(**cfg["unet"])
@@ -150,7 +155,8 @@ def train_ddpm_from_config(path: str, resume: bool = False) -> Path:
         log.info("resumed from %s after epoch %d", ckpt, start_epoch)
 
     abar = scheduler.alphas_cumprod.to(accelerator.device)
-    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)) * 1000 + start_epoch)
+    # each process draws its own noise and timesteps (rank 0 keeps the single-process stream)
+    gen = torch.Generator().manual_seed(int(cfg.get("seed", 0)) * 1000 + start_epoch + 1_000_003 * accelerator.process_index)
     epochs = int(tcfg["epochs"])
     budget = float(tcfg.get("max_minutes", math.inf)) * 60.0
     started = time.time()
@@ -175,6 +181,7 @@ def train_ddpm_from_config(path: str, resume: bool = False) -> Path:
             count += x0.shape[0]
             bar.set_postfix(loss=f"{total / count:.4f}")
         accelerator.wait_for_everyone()
+        check_ranks_agree(accelerator, unet)
         accelerator.save_state(str(ckpt))
         if accelerator.is_main_process:  # the EMA as safetensors too: nothing in a checkpoint is a pickle of ours
             save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(ema.shadow_params)}, str(ckpt / EMA_NAME))

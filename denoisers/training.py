@@ -29,8 +29,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from classifiers.training import (
-    COMMON_DEFAULTS, append_log, build_classifier, entry_spec, export_bundle, freeze, load_training_config,
-    load_training_state, make_accelerator, make_dataset, make_loader, make_optimizer, save_training_state,
+    COMMON_DEFAULTS, append_log, build_classifier, check_ranks_agree, entry_spec, export_bundle, freeze,
+    load_training_config, load_training_state, make_accelerator, make_dataset, make_loader, make_optimizer,
+    save_training_state,
 )
 
 from . import create_denoiser
@@ -196,6 +197,7 @@ def train_from_config(path: str, resume: bool = False) -> Path:
                 break
         scheduler.step()
         accelerator.wait_for_everyone()
+        check_ranks_agree(accelerator, denoiser)
         if main:
             unwrapped = accelerator.unwrap_model(denoiser)
             record = {"epoch": epoch + 1, "steps": steps, "loss": total / max(count, 1),
