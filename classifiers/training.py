@@ -229,6 +229,50 @@ def entry_spec(entry: str | Mapping[str, Any]) -> str:
     return entry if isinstance(entry, str) else str(entry["spec"])
 
 
+def run_epochs(accelerator, model: nn.Module, optimizer, scheduler, train_loader, cfg: Mapping[str, Any],
+               out: Path, start_epoch: int, steps: int, loss_fn, evaluate, desc: str = "") -> None:
+    """The epoch loop both trainers share: train, then (main process) evaluate, log and checkpoint.
+
+    ``loss_fn(x, y)`` gives a batch's loss; ``evaluate(unwrapped_model)`` the held-out metrics (a dict).
+    Every epoch ends with the weights checked identical on all processes, then one checkpoint
+    (weights, optimizer, scheduler, epoch) and one log line written by the main process.
+    """
+    main = accelerator.is_main_process
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    for epoch in range(start_epoch, cfg["epochs"]):
+        if cfg["max_steps"] is not None and steps >= cfg["max_steps"]:
+            break
+        t0, total, count = time.time(), 0.0, 0
+        model.train()
+        bar = tqdm(train_loader, desc=f"{desc}epoch {epoch + 1}/{cfg['epochs']}", disable=not main, leave=False)
+        for x, y in bar:
+            loss = loss_fn(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            steps += 1
+            total, count = total + float(loss.detach()) * len(y), count + len(y)
+            bar.set_postfix(loss=f"{total / count:.4g}")
+            if cfg["max_steps"] is not None and steps >= cfg["max_steps"]:
+                break
+        scheduler.step()
+        accelerator.wait_for_everyone()
+        check_ranks_agree(accelerator, model)
+        if main:
+            unwrapped = accelerator.unwrap_model(model)
+            record = {"epoch": epoch + 1, "steps": steps, "loss": total / max(count, 1),
+                      "seconds": round(time.time() - t0, 2), "lr": scheduler.get_last_lr()[0], **evaluate(unwrapped)}
+            log.info("epoch %d: %s", epoch + 1, record)
+            training = getattr(unwrapped, "provenance", {}).get("training")
+            if isinstance(training, dict):  # checkpoints that describe themselves say how far they got
+                training.update(epochs_done=epoch + 1, metrics=record)
+            unwrapped.save_pretrained(out)
+            save_training_state(out, epoch, optimizer, scheduler, steps)
+            append_log(out, record)
+        accelerator.wait_for_everyone()
+
+
 # --------------------------------------------------------------------------------------------------
 # The standard classifier trainer
 
@@ -286,41 +330,20 @@ def train_classifier_from_config(path: str, resume: bool = False) -> Path:
     eval_loader = (make_loader(make_dataset(cfg["eval_dataset"], cfg["image_size"], cfg["eval_max"]),
                                cfg["batch_size"], False) if cfg["eval_dataset"] else None)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    main = accelerator.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
     sigma = float(cfg["noise_sigma"])
-    for epoch in range(start_epoch, cfg["epochs"]):
-        if cfg["max_steps"] is not None and steps >= cfg["max_steps"]:
-            break
-        t0, total, count = time.time(), 0.0, 0
-        model.train()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not main, leave=False)
-        for x, y in bar:
-            if sigma > 0:
-                x = x + sigma * torch.randn_like(x)
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            steps += 1
-            total, count = total + float(loss.detach()) * len(y), count + len(y)
-            bar.set_postfix(loss=f"{total / count:.4f}")
-            if cfg["max_steps"] is not None and steps >= cfg["max_steps"]:
-                break
-        scheduler.step()
-        accelerator.wait_for_everyone()
-        check_ranks_agree(accelerator, model)
-        if main:
-            unwrapped = accelerator.unwrap_model(model)
-            acc = evaluate_classifier(unwrapped, eval_loader, accelerator.device, sigma) if eval_loader else math.nan
-            record = {"epoch": epoch + 1, "steps": steps, "loss": total / max(count, 1), "eval_accuracy": acc,
-                      "seconds": round(time.time() - t0, 2), "lr": scheduler.get_last_lr()[0]}
-            log.info("epoch %d: loss %.4f, held-out accuracy %.4f", epoch + 1, record["loss"], acc)
-            unwrapped.save_pretrained(out)
-            save_training_state(out, epoch, optimizer, scheduler, steps)
-            append_log(out, record)
-        accelerator.wait_for_everyone()
+
+    def loss_fn(x, y):
+        if sigma > 0:
+            x = x + sigma * torch.randn_like(x)
+        return F.cross_entropy(model(x), y)
+
+    def evaluate(unwrapped):
+        acc = evaluate_classifier(unwrapped, eval_loader, accelerator.device, sigma) if eval_loader else math.nan
+        return {"eval_accuracy": acc}
+
+    run_epochs(accelerator, model, optimizer, scheduler, train_loader, cfg, out, start_epoch, steps, loss_fn,
+               evaluate)
+    main = accelerator.is_main_process
     if main and cfg["export_dir"]:
         export_bundle(accelerator.unwrap_model(model), cfg, path, cfg["family"] or entry_spec(cfg["classifier"]))
     accelerator.wait_for_everyone()

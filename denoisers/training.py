@@ -17,21 +17,18 @@ target in black-box runs). The paper's defaults: Adam lr 1e-3, weight decay 1e-4
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from classifiers.training import (
-    COMMON_DEFAULTS, append_log, build_classifier, check_ranks_agree, entry_spec, export_bundle, freeze,
+    COMMON_DEFAULTS, build_classifier, entry_spec, export_bundle, freeze,
     load_training_config, load_training_state, make_accelerator, make_dataset, make_loader, make_optimizer,
-    save_training_state,
+    run_epochs,
 )
 
 from . import create_denoiser
@@ -174,43 +171,16 @@ def train_from_config(path: str, resume: bool = False) -> Path:
     eval_loader = (make_loader(make_dataset(cfg["eval_dataset"], cfg["image_size"], cfg["eval_max"]),
                                cfg["batch_size"], False) if cfg["eval_dataset"] else None)
     denoiser, optimizer, train_loader = accelerator.prepare(denoiser, optimizer, train_loader)
-    main = accelerator.is_main_process
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
 
-    for epoch in range(start_epoch, cfg["epochs"]):
-        if cfg["max_steps"] is not None and steps >= cfg["max_steps"]:
-            break
-        t0, total, count = time.time(), 0.0, 0
-        denoiser.train()
-        bar = tqdm(train_loader, desc=f"{objective.name} sigma={sigma:g} epoch {epoch + 1}/{cfg['epochs']}",
-                   disable=not main, leave=False)
-        for clean, labels in bar:
-            loss = denoiser_loss(objective, denoiser, clean, labels, sigma, rotation.next())
-            optimizer.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            optimizer.step()
-            steps += 1
-            total, count = total + float(loss.detach()) * len(labels), count + len(labels)
-            bar.set_postfix(loss=f"{total / count:.4g}")
-            if cfg["max_steps"] is not None and steps >= cfg["max_steps"]:
-                break
-        scheduler.step()
-        accelerator.wait_for_everyone()
-        check_ranks_agree(accelerator, denoiser)
-        if main:
-            unwrapped = accelerator.unwrap_model(denoiser)
-            record = {"epoch": epoch + 1, "steps": steps, "loss": total / max(count, 1),
-                      "seconds": round(time.time() - t0, 2), "lr": scheduler.get_last_lr()[0]}
-            if eval_loader is not None:
-                record.update(evaluate_denoiser(unwrapped, eval_classifier, eval_loader, sigma, device,
-                                                cfg["eval_seed"]))
-            log.info("epoch %d: %s", epoch + 1, record)
-            unwrapped.provenance["training"].update(epochs_done=epoch + 1, metrics=record)
-            unwrapped.save_pretrained(out)
-            save_training_state(out, epoch, optimizer, scheduler, steps)
-            append_log(out, record)
-        accelerator.wait_for_everyone()
+    def evaluate(unwrapped):
+        if eval_loader is None:
+            return {}
+        return evaluate_denoiser(unwrapped, eval_classifier, eval_loader, sigma, device, cfg["eval_seed"])
+
+    run_epochs(accelerator, denoiser, optimizer, scheduler, train_loader, cfg, out, start_epoch, steps,
+               lambda clean, labels: denoiser_loss(objective, denoiser, clean, labels, sigma, rotation.next()),
+               evaluate, desc=f"{objective.name} sigma={sigma:g} ")
+    main = accelerator.is_main_process
     if main and cfg["export_dir"]:
         family = cfg["family"] or str(cfg["init_from"] or cfg["denoiser"]).split(":")[0].split(".")[0]
         export_bundle(accelerator.unwrap_model(denoiser), cfg, path, family)
