@@ -160,13 +160,28 @@ def check_ranks_agree(accelerator, model: nn.Module) -> None:
         raise RuntimeError("the processes' weights differ after an epoch: gradients were not synchronised")
 
 
-def make_optimizer(params: Iterable[nn.Parameter], cfg: Mapping[str, Any]):
-    """Adam (the paper's optimizer) and an optional StepLR, both from the config."""
+def make_optimizer(params: Iterable[nn.Parameter], cfg: Mapping[str, Any], state: Mapping[str, Any] | None = None):
+    """Adam (the paper's optimizer) and an optional StepLR from the config, restored from a training
+    ``state`` when resuming; returns ``(optimizer, scheduler, start_epoch, steps)``."""
     optimizer = torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     step = cfg.get("lr_step")
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(step), gamma=cfg["lr_gamma"])
                  if step else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0))
-    return optimizer, scheduler
+    if state is None:
+        return optimizer, scheduler, 0, 0
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    log.info("resuming after epoch %d (%d steps)", state["epoch"] + 1, state["steps"])
+    return optimizer, scheduler, state["epoch"] + 1, state["steps"]
+
+
+def make_loaders(cfg: Mapping[str, Any]):
+    """(shuffled training loader, held-out loader or None) from the config's dataset specs."""
+    train = make_loader(make_dataset(cfg["train_dataset"], cfg["image_size"]), cfg["batch_size"], True,
+                        cfg["seed"], cfg["num_workers"])
+    held_out = (make_loader(make_dataset(cfg["eval_dataset"], cfg["image_size"], cfg["eval_max"]),
+                            cfg["batch_size"], False) if cfg["eval_dataset"] else None)
+    return train, held_out
 
 
 def save_training_state(directory: Path, epoch: int, optimizer, scheduler, steps: int) -> None:
@@ -318,17 +333,8 @@ def train_classifier_from_config(path: str, resume: bool = False) -> Path:
     model.train()
     for p in model.parameters():
         p.requires_grad_(True)
-    optimizer, scheduler = make_optimizer(model.parameters(), cfg)
-    start_epoch, steps = 0, 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, steps = state["epoch"] + 1, state["steps"]
-        log.info("resuming %s after epoch %d", out, state["epoch"])
-    train_loader = make_loader(make_dataset(cfg["train_dataset"], cfg["image_size"]), cfg["batch_size"], True,
-                               cfg["seed"], cfg["num_workers"])
-    eval_loader = (make_loader(make_dataset(cfg["eval_dataset"], cfg["image_size"], cfg["eval_max"]),
-                               cfg["batch_size"], False) if cfg["eval_dataset"] else None)
+    optimizer, scheduler, start_epoch, steps = make_optimizer(model.parameters(), cfg, state)
+    train_loader, eval_loader = make_loaders(cfg)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     sigma = float(cfg["noise_sigma"])
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from classifiers.training import (
     COMMON_DEFAULTS, build_classifier, entry_spec, export_bundle, freeze,
-    load_training_config, load_training_state, make_accelerator, make_dataset, make_loader, make_optimizer,
+    load_training_config, load_training_state, make_accelerator, make_loaders, make_optimizer,
     run_epochs,
 )
 
@@ -158,18 +158,8 @@ def train_from_config(path: str, resume: bool = False) -> Path:
     else:
         eval_classifier = classifiers[0] if classifiers else None
 
-    optimizer, scheduler = make_optimizer(denoiser.parameters(), cfg)
-    start_epoch, steps = 0, 0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, steps = state["epoch"] + 1, state["steps"]
-        log.info("resuming %s after epoch %d (%d steps)", out, state["epoch"] + 1, steps)
-
-    train_loader = make_loader(make_dataset(cfg["train_dataset"], cfg["image_size"]), cfg["batch_size"], True,
-                               cfg["seed"], cfg["num_workers"])
-    eval_loader = (make_loader(make_dataset(cfg["eval_dataset"], cfg["image_size"], cfg["eval_max"]),
-                               cfg["batch_size"], False) if cfg["eval_dataset"] else None)
+    optimizer, scheduler, start_epoch, steps = make_optimizer(denoiser.parameters(), cfg, state)
+    train_loader, eval_loader = make_loaders(cfg)
     denoiser, optimizer, train_loader = accelerator.prepare(denoiser, optimizer, train_loader)
 
     def evaluate(unwrapped):
