@@ -193,3 +193,26 @@ def test_denoiser_sits_between_noise_and_classifier():
     f.b = -1.0  # black image -> class 0
     c, _ = Smoothed(f, Halve(), sigma=0.25).certify(torch.ones(1, 2, 2), n0=5, n=50, alpha=0.01, batch_size=25)
     assert c == 0 and calls and set(calls) == {0.25}
+
+
+@pytest.mark.parametrize("shape,same", [((1, 4, 4), True), ((3, 32, 32), True), ((1, 28, 28), True),
+                                        ((1, 3, 3), False), ((3, 5, 5), False)])
+def test_batch_size_changes_the_noise_exactly_as_the_readme_states(shape, same):
+    """README: on the CPU another batch size draws the very same noise when C*H*W is a multiple of 16,
+    and other (equally valid) noise otherwise."""
+    seen = []
+
+    class Recorder(nn.Module):
+        num_classes = 2
+
+        def forward(self, images):
+            seen.append(images.clone())
+            return torch.zeros(len(images), 2)
+
+    g = Smoothed(Recorder(), sigma=0.5)
+    draws = []
+    for batch in (7, 50, 1000):
+        seen.clear()
+        g.sample_counts(torch.zeros(shape), 1000, batch, torch.Generator().manual_seed(0))
+        draws.append(torch.cat(seen))
+    assert all(torch.equal(draws[0], d) for d in draws[1:]) == same
