@@ -1,14 +1,15 @@
-"""Certification throughput against the bare batched forward pass of the same base classifier.
+"""Certification throughput against the bare batched forward pass of the same denoiser + classifier.
 
 Three loops over the same number of samples with the same batch size:
-- ``forward``: the network alone on a batch that is already in memory (the ceiling);
+- ``forward``: the networks alone on a batch that is already in memory (the ceiling);
 - ``engine``: ``Smoothed.sample_counts`` (fp32 noise drawn per batch, argmax, counts on the device);
 - ``reference``: a loop in the style of the anchors' code, copying predictions to the host every batch
   and counting them in Python/numpy.
 
-Writes JSON (``--out``). Examples: ``python benchmarks/certify_throughput.py --model resnet18 --size 64``
-(CPU); on a GPU, ``--device cuda --model resnet50 --size 224 --batch 400 --n 8000 --autocast fp32 bf16
---compile off on --channels-last --out benchmarks/results/certify_throughput_gpu.json``.
+Writes JSON (``--out``). Examples (CPU): ``python benchmarks/certify_throughput.py --model resnet18
+--size 64``; with a fresh DnCNN-17 in front of the classifier, ``--denoiser dncnn --size 32``. On a GPU:
+``--device cuda --model resnet50 --size 224 --batch 400 --n 8000 --autocast fp32 bf16 --compile off on
+--channels-last --out benchmarks/results/certify_throughput_gpu.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from certify import Smoothed
 from classifiers import create_classifier
+from denoisers import create_denoiser
 
 
 def _timed(fn, repeats: int) -> float:
@@ -42,7 +44,8 @@ def measure(args, device: torch.device, autocast: str, compile: bool) -> dict:
     clf = create_classifier(f"timm:{args.model}", pretrained=False, num_classes=10).eval().to(device)
     clf.input_size = (args.size, args.size)  # no resize: the net runs at the image size
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[autocast]
-    g = Smoothed(clf, sigma=0.25, autocast_dtype=dtype, channels_last=args.channels_last, compile=compile)
+    denoiser = None if args.denoiser == "none" else create_denoiser(args.denoiser).eval().to(device)
+    g = Smoothed(clf, denoiser, sigma=0.25, autocast_dtype=dtype, channels_last=args.channels_last, compile=compile)
     x = torch.rand(3, args.size, args.size, device=device)
     batches = args.n // args.batch
     noisy = x + 0.25 * torch.randn(args.batch, *x.shape, device=device)
@@ -81,6 +84,7 @@ def measure(args, device: torch.device, autocast: str, compile: bool) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet18", help="timm model name (random weights)")
+    p.add_argument("--denoiser", default="none", help="denoiser spec in front, e.g. dncnn (fresh DnCNN-17)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--n", type=int, default=1000, help="samples per measurement")
@@ -100,7 +104,7 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
     result = {
-        "benchmark": "certify_throughput", "model": f"timm:{args.model} (random init)",
+        "benchmark": "certify_throughput", "model": f"timm:{args.model} (random init)", "denoiser": args.denoiser,
         "image": [3, args.size, args.size], "batch": args.batch, "samples": args.n // args.batch * args.batch,
         "runs": runs, "machine": machine,
     }

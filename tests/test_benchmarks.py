@@ -1,0 +1,50 @@
+"""The benchmark scripts run end to end on tiny settings and write the JSON the README quotes.
+
+No speed is asserted here (speed targets live in the JSON the scripts write); these tests only keep
+the scripts from rotting.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_certify_throughput_with_denoiser(tmp_path):
+    out = tmp_path / "t.json"
+    result = _load("certify_throughput").main(
+        ["--model", "resnet18", "--size", "16", "--batch", "10", "--n", "20", "--repeats", "1",
+         "--denoiser", "dncnn", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert result["denoiser"] == "dncnn" and result["samples"] == 20
+    (run,) = result["runs"]
+    assert set(run["samples_per_s"]) == {"forward", "engine", "reference"}
+    assert all(v > 0 for v in run["samples_per_s"].values())
+    assert run["engine_over_forward"] == pytest.approx(run["samples_per_s"]["engine"] / run["samples_per_s"]["forward"])
+
+
+def test_sequential_mnist_tiny(tmp_path):
+    out = tmp_path / "s.json"
+    result = _load("sequential_mnist").main(
+        ["--sigmas", "0.5", "--images", "3", "--cohen-images", "2", "--cohen-n", "300", "--max-n", "500",
+         "--pack-images", "2", "--batch", "200", "--step", "100", "--quiet", "--out", str(out)])
+    assert json.loads(out.read_text())["sigmas"][0]["sigma"] == 0.5
+    (s,) = result["sigmas"]
+    seq, cohen = s["sequential"], s["cohen"]
+    assert seq["images"] == 3 and cohen["images"] == 2
+    assert 100 < seq["mean_samples"] <= 100 + 500 and seq["max_samples"] <= 600
+    assert cohen["samples_per_image"] == 400
+    same = cohen["sequential_on_same_images"]["mean_samples"]
+    assert cohen["sample_ratio"] == pytest.approx(400 / same)
+    assert set(seq["certified_accuracy"]) == {"0.25", "0.5", "1"}
+    assert all(0.0 <= v <= 1.0 for v in cohen["certified_accuracy"].values())
