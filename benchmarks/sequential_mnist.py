@@ -3,10 +3,11 @@
 For each sigma: the pipeline (classifier, denoiser) named by the templates, where ``{s}`` becomes the
 sigma in hundredths with three digits (0.25 -> ``025``). Then, on evenly spaced ``mnist5k:test`` digits:
 - ``sequential``: :func:`certify.sequential.certify_at_many` on the radius grid (several images per
-  batch), mean samples per image (n0 + n) and certified accuracy at each radius;
+  batch), once per ``--mixtures`` (the betting test's prior), mean samples per image (n0 + n) and
+  certified accuracy at each radius;
 - ``cohen``: ``Smoothed.certify_full`` with n = ``--cohen-n`` on the first ``--cohen-images`` of those
   digits (it is the expensive one), with the sequential figures on the same digits beside it;
-- ``packing``: the same sequential run with one image per batch (batch = step) and with several
+- ``packing``: the first mixture's run with one image per batch (batch = step) and with several
   (batch = ``--batch``): identical results, images per second.
 
 Writes JSON (``--out``). Example, shipped pipelines:
@@ -27,7 +28,7 @@ from tqdm import tqdm
 
 from certify import Smoothed
 from certify.data import create_dataset
-from certify.sequential import certify_at_many
+from certify.sequential import MIXTURES, certify_at_many
 from classifiers import create_classifier
 from denoisers import create_denoiser
 
@@ -43,10 +44,11 @@ def _accuracy(correct: np.ndarray, radius: np.ndarray, radii) -> dict[str, float
     return {f"{r:g}": float(np.mean(correct & (radius >= r))) for r in radii}
 
 
-def _sequential(g, images, labels, args, batch_size, step, desc):
+def _sequential(g, images, args, batch_size, step, mixture, desc):
     start = time.perf_counter()
     results = list(tqdm(certify_at_many(g, images, args.radii, args.alpha, args.max_n, batch_size,
-                                        seed=args.seed, indices=args.indices, n0=args.n0, step=step),
+                                        seed=args.seed, indices=args.indices, n0=args.n0, step=step,
+                                        mixture=mixture),
                         total=len(images), desc=desc, disable=args.quiet))
     return results, time.perf_counter() - start
 
@@ -56,15 +58,27 @@ def run_sigma(args, sigma: float, data) -> dict:
     images = [data[i][0] for i in args.indices]
     labels = np.array([data[i][1] for i in args.indices])
 
-    seq, seq_time = _sequential(g, images, labels, args, args.batch, args.step, f"sequential s={sigma}")
-    seq_correct = np.array([r.cA == y for r, y in zip(seq, labels)])
-    seq_certified = np.array([r.certified for r in seq])  # (images, radii)
-    seq_samples = np.array([r.n0 + r.n for r in seq])
-
-    def seq_accuracy(sel):
-        return {f"{r:g}": float(np.mean(seq_correct[sel] & seq_certified[sel, i])) for i, r in enumerate(args.radii)}
-
     m = min(args.cohen_images, len(images))
+    sequential, on_cohen_images = {}, {}
+    for mixture in args.mixtures:
+        seq, seconds = _sequential(g, images, args, args.batch, args.step, mixture, f"{mixture} s={sigma}")
+        correct = np.array([r.cA == y for r, y in zip(seq, labels)])
+        certified = np.array([r.certified for r in seq])  # (images, radii)
+        samples = np.array([r.n0 + r.n for r in seq])
+
+        def accuracy(sel):
+            return {f"{r:g}": float(np.mean(correct[sel] & certified[sel, i])) for i, r in enumerate(args.radii)}
+
+        sequential[mixture] = {
+            "images": len(images), "mean_samples": float(samples.mean()), "median_samples": float(np.median(samples)),
+            "max_samples": int(samples.max()), "certified_accuracy": accuracy(slice(None)), "seconds": seconds,
+        }
+        if m:
+            on_cohen_images[mixture] = {
+                "mean_samples": float(samples[:m].mean()), "certified_accuracy": accuracy(slice(0, m)),
+                "sample_ratio": float((args.n0 + args.cohen_n) / samples[:m].mean()),
+            }
+
     cohen, start = [], time.perf_counter()
     for k in tqdm(range(m), desc=f"cohen n={args.cohen_n} s={sigma}", disable=args.quiet):
         cohen.append(g.certify_full(images[k], args.n0, args.cohen_n, args.alpha, args.batch,
@@ -74,27 +88,20 @@ def run_sigma(args, sigma: float, data) -> dict:
     cohen_radius = np.array([c.radius for c in cohen])
 
     p = min(args.pack_images, len(images))
-    _, alone_time = _sequential(g, images[:p], labels[:p], args, args.step, args.step, "one image per batch")
-    _, packed_time = _sequential(g, images[:p], labels[:p], args, args.batch, args.step, "packed")
+    first = args.mixtures[0]
+    _, alone_time = _sequential(g, images[:p], args, args.step, args.step, first, "one image per batch")
+    _, packed_time = _sequential(g, images[:p], args, args.batch, args.step, first, "packed")
 
     return {
         "sigma": sigma,
-        "sequential": {
-            "images": len(images), "mean_samples": float(seq_samples.mean()),
-            "median_samples": float(np.median(seq_samples)), "max_samples": int(seq_samples.max()),
-            "certified_accuracy": seq_accuracy(slice(None)), "seconds": seq_time,
-        },
+        "sequential": sequential,
         "cohen": {
             "images": m, "n": args.cohen_n, "samples_per_image": args.n0 + args.cohen_n,
             "certified_accuracy": _accuracy(cohen_correct, cohen_radius, args.radii), "seconds": cohen_time,
-            "sequential_on_same_images": {
-                "mean_samples": float(seq_samples[:m].mean()) if m else None,
-                "certified_accuracy": seq_accuracy(slice(0, m)) if m else None,
-            },
-            "sample_ratio": float((args.n0 + args.cohen_n) / seq_samples[:m].mean()) if m else None,
+            "sequential_on_same_images": on_cohen_images,
         },
         "packing": {
-            "images": p, "step": args.step, "batch": args.batch,
+            "mixture": first, "images": p, "step": args.step, "batch": args.batch,
             "images_per_s_one_per_batch": p / alone_time, "images_per_s_packed": p / packed_time,
             "speedup": alone_time / packed_time,
         },
@@ -108,6 +115,8 @@ def main(argv=None) -> dict:
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
     p.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--mixtures", nargs="+", default=["two-sided", "one-sided"], choices=MIXTURES,
+                   help="the sequential test's prior(s); each gets its own sequential run")
     p.add_argument("--images", type=int, default=100, help="evenly spaced mnist5k:test digits")
     p.add_argument("--cohen-images", type=int, default=50, help="the first this many also run Cohen")
     p.add_argument("--cohen-n", type=int, default=100_000)

@@ -34,6 +34,9 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
         p.add_argument("--radii", default=None, help="sequential mode: comma-separated radii to decide")
         p.add_argument("--step", type=int, default=None,
                        help="sequential/anytime: samples between checks (default: --batch)")
+        p.add_argument("--mixture", choices=("two-sided", "one-sided"), default=None,
+                       help="sequential: the betting test's prior, over all rates (two-sided, default) or only "
+                            "the alternative (one-sided: fewer samples, same guarantee)")
     p.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100,000)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
     p.add_argument("--batch", type=_batch_size, default=1000,
@@ -145,7 +148,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     mode = args.command if args.command == "predict" else {"cohen": "certify"}.get(args.mode, args.mode)
     sequential = {k: v for k, v in (("radii", _parse_floats(getattr(args, "radii", None), "--radii")),
-                                    ("step", getattr(args, "step", None))) if v is not None}
+                                    ("step", getattr(args, "step", None)),
+                                    ("mixture", getattr(args, "mixture", None))) if v is not None}
     settings = RunSettings(
         classifier=args.classifier, denoiser=args.denoiser, dataset=args.dataset, sigma=args.sigma,
         mode=mode, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha, batch=args.batch,

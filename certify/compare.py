@@ -19,6 +19,8 @@ A config names one dataset and the certification settings, and lists pipelines::
 The output folder gets one TSV + JSON per pipeline, ``table.md``/``table.csv`` (certified accuracy at
 the radius grid, clean accuracy, ACR, abstain rate, seconds per image), ``curves.png`` and a
 ``README.md`` saying what was run. A pipeline whose TSV is complete is skipped on a re-run.
+``mode: sequential`` decides each positive radius of ``radii`` with the anytime-valid test (``n`` is
+then the most samples an image may use; optional ``step``, ``mixture``); ``mode: anytime`` too.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .analysis import analyze, markdown_table
 from .runs import RunSettings, certify_dataset, distributed_context
 
 _TOP_KEYS = {"name", "description", "dataset", "dataset_kwargs", "mode", "n0", "n", "alpha", "batch", "skip", "images", "seed",
-             "radii", "pipelines", "device", "autocast", "channels_last", "compile"}
+             "radii", "pipelines", "device", "autocast", "channels_last", "compile", "step", "mixture"}
 _FAST_KEYS = ("autocast", "channels_last", "compile")  # top level: every pipeline's default
 _PIPE_KEYS = {"name", "classifier", "denoiser", "sigma", "classifier_kwargs", "denoiser_kwargs", *_FAST_KEYS}
 
@@ -111,6 +113,11 @@ def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, l
             options[key] = value
     if config.get("dataset_kwargs"):
         options["dataset_kwargs"] = dict(config["dataset_kwargs"])
+    if config.get("mode") == "sequential":
+        options["radii"] = [float(r) for r in config.get("radii") or [] if float(r) > 0]
+    for key in ("step", "mixture"):
+        if config.get(key) is not None:
+            options[key] = config[key]
     return RunSettings(
         classifier=pipe.classifier, denoiser=pipe.denoiser, dataset=config["dataset"], sigma=pipe.sigma,
         mode=config.get("mode", "certify"), n0=int(config.get("n0", 100)), n=int(n or config.get("n", 100_000)),

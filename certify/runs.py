@@ -68,7 +68,7 @@ class RunSettings:
     max: int | None = None
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # autocast, channels_last, compile, batch ("auto"),
-    # {classifier,denoiser,dataset}_kwargs, label_from_api, radii, step
+    # {classifier,denoiser,dataset}_kwargs, label_from_api, radii, step, mixture
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> "RunSettings":
@@ -96,6 +96,9 @@ class RunSettings:
             radii = self.options.get("radii")
             if not radii or not all(isinstance(r, (int, float)) and r > 0 for r in radii):
                 raise ValueError(f"sequential mode needs positive radii (options['radii'] / --radii), got {radii!r}")
+            mixture = self.options.get("mixture", "two-sided")
+            if mixture not in ("two-sided", "one-sided"):
+                raise ValueError(f"mixture must be 'two-sided' or 'one-sided', got {mixture!r}")
         return self
 
     def indices(self, dataset_len: int) -> list[int]:
@@ -316,7 +319,8 @@ def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, idx: int) 
     step = s.options.get("step")
     if s.mode == "sequential":
         return sequential.certify_at(smoothed, x, sorted(s.options["radii"]), s.alpha, max_n=s.n, batch_size=s.batch,
-                                     seed=s.seed, index=idx, n0=s.n0, step=step)
+                                     seed=s.seed, index=idx, n0=s.n0, step=step,
+                                     mixture=s.options.get("mixture", "two-sided"))
     return sequential.certify_anytime(smoothed, x, s.alpha, max_n=s.n, batch_size=s.batch, seed=s.seed, index=idx,
                                       n0=s.n0, step=step)
 

@@ -40,11 +40,13 @@ def test_sequential_mnist_tiny(tmp_path):
          "--pack-images", "2", "--batch", "200", "--step", "100", "--quiet", "--out", str(out)])
     assert json.loads(out.read_text())["sigmas"][0]["sigma"] == 0.5
     (s,) = result["sigmas"]
-    seq, cohen = s["sequential"], s["cohen"]
-    assert seq["images"] == 3 and cohen["images"] == 2
-    assert 100 < seq["mean_samples"] <= 100 + 500 and seq["max_samples"] <= 600
-    assert cohen["samples_per_image"] == 400
-    same = cohen["sequential_on_same_images"]["mean_samples"]
-    assert cohen["sample_ratio"] == pytest.approx(400 / same)
-    assert set(seq["certified_accuracy"]) == {"0.25", "0.5", "1"}
+    assert set(s["sequential"]) == set(s["cohen"]["sequential_on_same_images"]) == {"two-sided", "one-sided"}
+    cohen = s["cohen"]
+    assert cohen["images"] == 2 and cohen["samples_per_image"] == 400
     assert all(0.0 <= v <= 1.0 for v in cohen["certified_accuracy"].values())
+    for mixture, seq in s["sequential"].items():
+        assert seq["images"] == 3 and set(seq["certified_accuracy"]) == {"0.25", "0.5", "1"}
+        assert 100 < seq["mean_samples"] <= 100 + 500 and seq["max_samples"] <= 600
+        same = cohen["sequential_on_same_images"][mixture]
+        assert same["sample_ratio"] == pytest.approx(400 / same["mean_samples"])
+    assert s["packing"]["mixture"] == "two-sided" and s["packing"]["images"] == 2

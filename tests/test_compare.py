@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,24 @@ def test_compare_overrides_and_bad_config(config, tmp_path, capsys):
     assert main(["compare", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "pipeline 0 needs name, classifier, sigma" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_in_sequential_mode(config, tmp_path):
+    """mode: sequential decides the config's positive radii; the table reads the certified columns."""
+    cfg = yaml.safe_load(config.read_text()) | {"mode": "sequential", "n": 400, "mixture": "one-sided", "step": 50}
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "seq"
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    body = list(csv.reader(open(out / "table.csv")))[1:]
+    for name, row in zip(("alone", "alone-wide"), body):
+        settings = json.loads((out / f"{name}.json").read_text())["settings"]
+        assert settings["mode"] == "sequential" and settings["options"]["radii"] == [0.1, 0.2]
+        assert settings["options"]["mixture"] == "one-sided" and settings["options"]["step"] == 50
+        lines = [l.split("\t") for l in (out / f"{name}.tsv").read_text().splitlines()[1:]]
+        assert all(int(l[8]) % 50 == 0 and len(l[10].split(",")) == 2 for l in lines)
+        radius = np.array([float(l[3]) for l in lines])
+        correct = np.array([int(l[4]) for l in lines])
+        assert float(row[5]) == pytest.approx(round(100 * np.mean((correct == 1) & (radius >= 0.2)), 1))
 
 
 COMPARE_CONFIGS = [p for p in sorted(CONFIGS.glob("*.yaml")) if "pipelines" in yaml.safe_load(p.read_text())]

@@ -154,7 +154,8 @@ def test_predict_mode_and_analyze(cnn_dir, tmp_path, capsys):
     assert "envelope" in (tmp_path / "rep" / "table.md").read_text()
 
 
-@pytest.mark.parametrize("mode,extra", [("sequential", ["--radii", "0.1,0.05"]), ("anytime", [])])
+@pytest.mark.parametrize("mode,extra", [("sequential", ["--radii", "0.1,0.05"]), ("anytime", []),
+                                        ("sequential", ["--radii", "0.1,0.05", "--mixture", "one-sided"])])
 def test_sequential_modes_write_their_columns_and_analyze(cnn_dir, tmp_path, mode, extra):
     out = tmp_path / f"{mode}.tsv"
     args = _args(cnn_dir, out, n="2000", batch="100") + ["--mode", mode, *extra]
@@ -177,3 +178,16 @@ def test_sequential_mode_needs_radii(cnn_dir, tmp_path, capsys):
     assert main(_args(cnn_dir, tmp_path / "s.tsv") + ["--mode", "sequential"]) == 2
     assert "sequential mode needs positive radii" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sequential_mixture_is_a_run_setting(cnn_dir, tmp_path, capsys):
+    """The mixture is recorded; resuming with the other one is refused, naming it; a bad one is refused."""
+    out = tmp_path / "s.tsv"
+    base = _args(cnn_dir, out, n="500", batch="100") + ["--mode", "sequential", "--radii", "0.05", "--max", "3"]
+    assert main(base + ["--mixture", "one-sided"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["options"]["mixture"] == "one-sided"
+    assert main(base + ["--mixture", "two-sided"]) == 2
+    assert "mixture" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="mixture must be 'two-sided' or 'one-sided', got 'both'"):
+        RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, mode="sequential",
+                    options={"radii": [0.1], "mixture": "both"}).validate()

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy.integrate import quad
 from scipy.optimize import brentq
 from scipy.special import betaln
 from scipy.stats import binom, norm
@@ -16,7 +17,7 @@ from torch import nn
 from certify import Smoothed, max_radius
 from certify.sequential import (
     anytime_radius, certify_anytime, certify_anytime_many, certify_at, certify_at_many, log_martingale,
-    lower_confidence_bound, sequential_test,
+    log_martingale_one_sided, lower_confidence_bound, sequential_test,
 )
 
 SIGMA = 0.5
@@ -68,16 +69,39 @@ def test_lower_bound_is_the_root_below_the_rate(S, n, alpha):
     assert vector[0] == pytest.approx(lower, abs=1e-12) and vector[1] == 0.0
 
 
+@pytest.mark.parametrize("S,n,p0", [(10, 10, 0.5), (95, 100, 0.9), (40, 100, 0.6), (3, 60, 0.2)])
+def test_one_sided_statistic_against_numerical_integration(S, n, p0):
+    """log M+ = log of the mixture of likelihood ratios over q > p0 (q < p0), prior Beta(1/2, 1/2)
+    restricted there; integrated with q = sin^2(theta), where the prior density is constant."""
+    def mixture(lo, hi):
+        ratio = lambda th: math.exp(S * math.log(math.sin(th) ** 2 / p0) + (n - S) * math.log(math.cos(th) ** 2 / (1 - p0)))
+        return quad(ratio, lo, hi, epsabs=0, epsrel=1e-12, limit=200)[0] / (hi - lo)
+    edge = math.asin(math.sqrt(p0))
+    assert float(log_martingale_one_sided(S, n, p0, "above")) == pytest.approx(math.log(mixture(edge, math.pi / 2)), abs=1e-8)
+    assert float(log_martingale_one_sided(S, n, p0, "below")) == pytest.approx(math.log(mixture(0.0, edge)), abs=1e-8)
+    with pytest.raises(ValueError, match="side"):
+        log_martingale_one_sided(S, n, p0, "left")
+
+
+@pytest.mark.parametrize("mixture", ["two-sided", "one-sided"])
 @pytest.mark.parametrize("p0,alpha", [(0.5, 0.05), (0.6915, 0.001), (0.977, 0.01)])
-def test_thresholds_equal_the_direct_definition(p0, alpha):
-    """s_n and a_n agree with brute force over every (n, S): the regions are upper / lower sets."""
+def test_thresholds_equal_the_direct_definition(p0, alpha, mixture):
+    """s_n and a_n agree with brute force over every (n, S): the regions are upper / lower sets.
+
+    Two-sided: the statistic's sign needs S >= p0 n (S <= p0 n to abstain). One-sided: nothing but
+    the statistic, which checks that it cannot cross on the wrong side of p0 n."""
     max_n = 400
-    test = sequential_test(p0, alpha, max_n, abstain_alpha=0.02)
+    test = sequential_test(p0, alpha, max_n, abstain_alpha=0.02, mixture=mixture)
     for n in range(1, max_n + 1):
         S = np.arange(n + 1)
-        logm = log_martingale(S, n, p0)
-        certify = (S >= p0 * n) & (logm >= math.log(1 / alpha))
-        abstain = (S <= p0 * n) & (logm >= math.log(1 / 0.02))
+        if mixture == "two-sided":
+            above = below = log_martingale(S, n, p0)
+            right, left = S >= p0 * n, S <= p0 * n
+        else:
+            above, below = log_martingale_one_sided(S, n, p0, "above"), log_martingale_one_sided(S, n, p0, "below")
+            right = left = True
+        certify = right & (above >= math.log(1 / alpha))
+        abstain = left & (below >= math.log(1 / 0.02))
         assert np.array_equal(certify, S >= test.certify_min[n]), n
         assert np.array_equal(abstain, S <= test.abstain_max[n]), n
 
@@ -90,11 +114,12 @@ def test_thresholds_are_nested_across_radii():
         assert np.all(small.abstain_max <= large.abstain_max)
 
 
+@pytest.mark.parametrize("mixture", ["two-sided", "one-sided"])
 @pytest.mark.parametrize("alpha", [0.05, 0.001])
 @pytest.mark.parametrize("p0", [0.6, 0.9])
 @pytest.mark.parametrize("step", [1, 37])
-def test_exact_probability_of_a_wrong_certificate_is_at_most_alpha(alpha, p0, step):
-    test = sequential_test(p0, alpha, 3000)
+def test_exact_probability_of_a_wrong_certificate_is_at_most_alpha(alpha, p0, step, mixture):
+    test = sequential_test(p0, alpha, 3000, mixture=mixture)
     for p in (p0, p0 - 1e-3, p0 - 0.02):
         certified, abstained, _ = test.operating_characteristics(p, step=step)
         assert certified <= alpha, (p, certified)
@@ -133,19 +158,22 @@ def test_mean_samples_to_decide_match_reference(radius, pA, expected):
     assert stopped_at.mean() == pytest.approx(mean_n, abs=5 * stopped_at.std() / math.sqrt(trials))
 
 
-def test_linear_oracle_sequential_false_certificates_within_alpha():
+@pytest.mark.parametrize("mixture", ["two-sided", "one-sided"])
+def test_linear_oracle_sequential_false_certificates_within_alpha(mixture):
     """Radius just above the true distance: certificates there are false; rate <= alpha (and = the DP's)."""
     alpha, trials, max_n, step = 0.05, 400, 2000, 50
     distance = 0.3
     g, x = _linear_at_distance(distance)
     radii = [0.5 * distance, distance * 1.0001]
-    results = list(certify_at_many(g, [x] * trials, radii, alpha, max_n, batch_size=1000, seed=1, step=step))
+    results = list(certify_at_many(g, [x] * trials, radii, alpha, max_n, batch_size=1000, seed=1, step=step,
+                                   mixture=mixture))
     assert {r.cA for r in results} == {1}
     false = np.array([r.certified[1] for r in results])
     allowance = 3 * math.sqrt(alpha * (1 - alpha) / trials)  # 3 binomial standard errors
     assert false.mean() <= alpha + allowance
     pA = float(norm.cdf(distance / SIGMA))
-    predicted = sequential_test(float(norm.cdf(radii[1] / SIGMA)), alpha, max_n).operating_characteristics(pA, step)[0]
+    test = sequential_test(float(norm.cdf(radii[1] / SIGMA)), alpha, max_n, mixture=mixture)
+    predicted = test.operating_characteristics(pA, step)[0]
     assert abs(false.mean() - predicted) <= 4 * math.sqrt(predicted * (1 - predicted) / trials) + 1 / trials
     assert np.mean([r.certified[0] for r in results]) > 0.9  # the smaller, true radius is found
 
@@ -158,6 +186,36 @@ def test_linear_oracle_anytime_radius_within_true_distance():
     radii = np.array([r.radius for r in results])
     assert np.mean(radii > distance) <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials)
     assert np.median(radii) > 0.5 * distance  # and it certifies something sizeable
+
+
+@pytest.mark.parametrize("radius,pA", [(0.25, 0.99), (0.5, 0.9), (1.0, 0.99)])
+def test_one_sided_mixture_decides_with_fewer_samples(radius, pA):
+    """Exact DP on REFERENCE's cases: the prior on the alternative only saves >= 10% of the samples
+    (12%, 15%, 24%) and still certifies with probability > 0.9999."""
+    p0 = float(norm.cdf(radius / SIGMA))
+    two = sequential_test(p0, 0.001, 20_000).operating_characteristics(pA)
+    one = sequential_test(p0, 0.001, 20_000, mixture="one-sided").operating_characteristics(pA)
+    assert one[2] < 0.9 * two[2] and one[0] > 0.9999
+
+
+def test_grid_claims_form_a_prefix(monkeypatch):
+    """A larger radius whose test crosses is not claimed when a smaller one's test abstains: that
+    rule is what lets one alpha cover the grid when the thresholds are not nested (one-sided)."""
+    real = sequential_test
+
+    def crafted(p0, alpha, max_n, abstain_alpha=None, mixture="two-sided"):
+        t = real(p0, alpha, max_n, abstain_alpha, mixture)
+        never, always = np.full(max_n + 1, max_n + 1), np.zeros(max_n + 1, dtype=np.int64)
+        if p0 < float(norm.cdf(0.3 / SIGMA)):  # the small radius abstains at the first check
+            return dataclasses.replace(t, certify_min=never, abstain_max=np.arange(max_n + 1))
+        return dataclasses.replace(t, certify_min=always, abstain_max=np.full(max_n + 1, -1))  # large: crosses
+
+    monkeypatch.setattr("certify.sequential.sequential_test", crafted)
+    g, x = _linear_at_distance(0.5)
+    c = certify_at(g, x, [0.25, 0.5], alpha=0.01, max_n=1000, batch_size=100)
+    assert c.certified == (False, False) and c.prediction == -1 and c.n == 100
+    c = certify_at(g, x, [0.5], alpha=0.01, max_n=1000, batch_size=100)  # alone, it is claimed
+    assert c.certified == (True,)
 
 
 def test_grid_stops_when_every_radius_is_decided():
@@ -209,6 +267,8 @@ def test_bad_arguments_raise(kwargs, match):
 
 
 def test_bad_threshold_arguments_raise():
+    with pytest.raises(ValueError, match="mixture must be one of"):
+        sequential_test(0.7, 0.001, 100, mixture="both")
     with pytest.raises(ValueError, match="p0"):
         sequential_test(1.0, 0.001, 100)
     with pytest.raises(ValueError, match="abstain_alpha|alpha"):
