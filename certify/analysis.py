@@ -83,13 +83,17 @@ def default_radii(results: Sequence[RunResult]) -> tuple[float, ...]:
 def high_probability(acc: float, m: int, alpha: float, rho: float = 0.001) -> float:
     """A lower bound on the true certified accuracy that holds with probability >= 1 - rho.
 
+    REFERENCE section 1's bound, clipped at 0 (a negative lower bound on a rate says nothing more).
+
     >>> round(high_probability(0.5, 500, 0.001), 4)
     0.4907
+    >>> high_probability(0.05, 20, 0.001)   # 20 images cannot vouch for 5%
+    0.0
     """
     if m == 0:
         return float("nan")
     log_term = math.log(1.0 / rho)
-    return acc - alpha - math.sqrt(alpha * (1 - alpha) * log_term / m) - log_term / (3 * m)
+    return max(0.0, acc - alpha - math.sqrt(alpha * (1 - alpha) * log_term / m) - log_term / (3 * m))
 
 
 def summarize(results: Sequence[RunResult], radii: Sequence[float]) -> tuple[list[str], list[list]]:
@@ -166,7 +170,7 @@ def analyze(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, radi
     with open(out_dir / "table.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *rows])
     hp_header = ["run", "images", "alpha"] + [f"r={r:g}" for r in radii]
-    hp_rows = [[res.name, res.m, res.alpha] + [100 * high_probability(res.certified_accuracy(r), res.m, res.alpha)
+    hp_rows = [[res.name, res.m, res.alpha] + [round(100 * high_probability(res.certified_accuracy(r), res.m, res.alpha), 1)
                                                 for r in radii] for res in results]
     (out_dir / "high_probability.md").write_text(
         "Certified accuracy (%) that holds with probability >= 99.9% over the choice of images\n\n"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -152,6 +154,12 @@ def test_predict_mode_and_analyze(cnn_dir, tmp_path, capsys):
     for name in ("table.md", "table.csv", "high_probability.md", "curves.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     assert "envelope" in (tmp_path / "rep" / "table.md").read_text()
+    table = {row[0]: row for row in csv.reader(open(tmp_path / "rep" / "table.csv"))}
+    for line in (tmp_path / "rep" / "high_probability.md").read_text().splitlines()[4:]:
+        name, m, alpha, *cells = [c.strip() for c in line.strip("|").split("|")]
+        for cell, acc in zip(cells, table[name][3:5]):  # Cohen's bound on the table's accuracy, clipped at 0
+            bound = float(acc) / 100 - float(alpha) - math.sqrt(float(alpha) * (1 - float(alpha)) * math.log(1000) / int(m))
+            assert float(cell) == round(100 * max(0.0, bound - math.log(1000) / (3 * int(m))), 1)
 
 
 @pytest.mark.parametrize("mode,extra", [("sequential", ["--radii", "0.1,0.05"]), ("anytime", []),
