@@ -10,8 +10,8 @@ sigma in hundredths with three digits (0.25 -> ``025``). Then, on evenly spaced 
 - ``packing``: the first mixture's run with one image per batch (batch = step) and with several
   (batch = ``--batch``): identical results, images per second.
 
-Writes JSON (``--out``). Example, shipped pipelines:
-``python benchmarks/sequential_mnist.py --images 200 --cohen-images 50``.
+Writes JSON (``--out``) and prints the README's markdown table (``--table JSON`` prints it again).
+Example, shipped pipelines: ``python benchmarks/sequential_mnist.py --images 200 --cohen-images 50``.
 """
 
 from __future__ import annotations
@@ -108,6 +108,30 @@ def run_sigma(args, sigma: float, data) -> dict:
     }
 
 
+def markdown(result: dict) -> str:
+    """The README's table: per sigma, Cohen and each mixture on Cohen's digits, then on all digits."""
+    radii = [f"{r:g}" for r in result["radii"]]
+    lines = ["| sigma | method | images | mean samples / image | fewer than Cohen | certified acc. (%) r = "
+             + " / ".join(radii) + " |", "|---|---|---|---|---|---|"]
+
+    def row(sigma, method, images, mean, ratio, accuracy):
+        cells = " / ".join(f"{100 * accuracy[r]:.0f}" for r in radii)
+        lines.append(f"| {sigma:g} | {method} | {images} | {mean:,.0f} | {ratio} | {cells} |")
+
+    for s in result["sigmas"]:
+        cohen = s["cohen"]
+        row(s["sigma"], f"Cohen, n = {cohen['n']:,}", cohen["images"], cohen["samples_per_image"], "",
+            cohen["certified_accuracy"])
+        for mixture, same in cohen["sequential_on_same_images"].items():
+            row(s["sigma"], f"sequential {mixture}, same digits", cohen["images"], same["mean_samples"],
+                f"{same['sample_ratio']:.1f}x", same["certified_accuracy"])
+        for mixture, seq in s["sequential"].items():
+            ratio = cohen["samples_per_image"] / seq["mean_samples"]
+            row(s["sigma"], f"sequential {mixture}, all digits", seq["images"], seq["mean_samples"],
+                f"{ratio:.1f}x", seq["certified_accuracy"])
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--classifier", default="small-cnn.mnist5k", help="classifier spec; {s} = sigma*100, 3 digits")
@@ -129,7 +153,12 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out", default="benchmarks/results/sequential_mnist.json")
+    p.add_argument("--table", metavar="JSON", help="only print the markdown table of an earlier result")
     args = p.parse_args(argv)
+    if args.table:
+        result = json.loads(Path(args.table).read_text())
+        print(markdown(result), end="")
+        return result
 
     torch.set_num_threads(args.threads)
     data = create_dataset("mnist5k:test")
@@ -143,6 +172,7 @@ def main(argv=None) -> dict:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    print(markdown(result), end="")
     return result
 
 

@@ -50,3 +50,8 @@ def test_sequential_mnist_tiny(tmp_path):
         same = cohen["sequential_on_same_images"][mixture]
         assert same["sample_ratio"] == pytest.approx(400 / same["mean_samples"])
     assert s["packing"]["mixture"] == "two-sided" and s["packing"]["images"] == 2
+
+    table = _load("sequential_mnist").markdown(result).splitlines()
+    assert len(table) == 2 + 5 and table[2].startswith("| 0.5 | Cohen, n = 300 | 2 | 400 |")
+    same = cohen["sequential_on_same_images"]["one-sided"]
+    assert f"| {same['sample_ratio']:.1f}x |" in table[4] and "one-sided, same digits" in table[4]
