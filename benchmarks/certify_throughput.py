@@ -28,13 +28,16 @@ from classifiers import create_classifier
 from denoisers import create_denoiser
 
 
-def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
+def _timed(fns: dict, repeats: int) -> dict[str, float]:
+    """Best wall time of each loop; the loops take turns, so drift of the machine hits them alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -70,8 +73,7 @@ def measure(args, device: torch.device, autocast: str, compile: bool) -> dict:
             for c in preds.cpu().numpy():
                 counts[c] += 1
 
-    t = {name: _timed(fn, args.repeats) for name, fn in
-         (("forward", forward), ("engine", engine), ("reference", reference))}
+    t = _timed({"forward": forward, "engine": engine, "reference": reference}, args.repeats)
     return {
         "autocast": autocast, "compile": compile, "channels_last": args.channels_last,
         "ms_per_batch_forward": 1000 * t["forward"] / batches,

@@ -168,10 +168,11 @@ class Smoothed(nn.Module):
         """Counts of f(D(x + d)) over ``num`` noise draws; stays on the device (no per-batch sync)."""
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
         ones = torch.ones(batch_size, dtype=torch.long, device=x.device)
+        buffer = torch.empty((min(batch_size, num), *x.shape), device=x.device, dtype=torch.float32)  # reused
         remaining = num
         while remaining > 0:
             b = min(batch_size, remaining)
-            noise = torch.randn((b, *x.shape), generator=generator, device=x.device, dtype=torch.float32)
+            noise = torch.randn((b, *x.shape), generator=generator, out=buffer[:b])
             preds = self.base_predict(noise.mul_(self.sigma).add_(x))  # x + sigma * N(0, I), in place
             counts.index_add_(0, preds, ones[:b])
             remaining -= b
