@@ -50,8 +50,8 @@ given cA the test samples are i.i.d. Bernoulli(p_cA). If p_cA >= Phi(r/sigma) > 
 p_cA < p0(r): probability <= alpha as above.
 
 Early abstain (power only, never validity): the mirror test rejects p >= p0 when S <= p0 n and
-log M_n(p0) >= ln(1/abstain_alpha) (one-sided: the prior on q < p0), a lower set {S <= a_n}; and the test gives up when even all
-remaining samples hitting could not reach s_m for any m <= max_n.
+log M_n(p0) >= ln(1/abstain_alpha) (one-sided: the prior on q < p0), a lower set {S <= a_n}; and
+the test gives up when even all remaining samples hitting could not reach s_m for any m <= max_n.
 
 Several images share a batch (:func:`certify_at_many`, :func:`certify_anytime_many`): each image
 draws fixed chunks of ``step`` samples from its own generator, so results depend on
