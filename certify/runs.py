@@ -96,9 +96,11 @@ class RunSettings:
             radii = self.options.get("radii")
             if not radii or not all(isinstance(r, (int, float)) and r > 0 for r in radii):
                 raise ValueError(f"sequential mode needs positive radii (options['radii'] / --radii), got {radii!r}")
-            mixture = self.options.get("mixture", "two-sided")
-            if mixture not in ("two-sided", "one-sided"):
-                raise ValueError(f"mixture must be 'two-sided' or 'one-sided', got {mixture!r}")
+            from .sequential import MIXTURES
+
+            mixture = self.options.get("mixture", MIXTURES[0])
+            if mixture not in MIXTURES:
+                raise ValueError(f"mixture must be {' or '.join(map(repr, MIXTURES))}, got {mixture!r}")
         return self
 
     def indices(self, dataset_len: int) -> list[int]:
