@@ -437,7 +437,12 @@ class _AnytimeJob(_Job):
 
 @torch.inference_mode()
 def _run(smoothed: Smoothed, jobs: Iterable[_Job], batch_size: int) -> Iterator[_Job]:
-    """Pack chunks of several images into each batch; yield finished jobs in input order."""
+    """Pack chunks of several images into each batch; yield finished jobs in input order (eval mode)."""
+    with smoothed.evaluating():
+        yield from _packed(smoothed, jobs, batch_size)
+
+
+def _packed(smoothed: Smoothed, jobs: Iterable[_Job], batch_size: int) -> Iterator[_Job]:
     jobs = iter(jobs)
     active: list[_Job] = []
     finished: dict[int, _Job] = {}

@@ -6,7 +6,11 @@ CERTIFY and PREDICT follow Cohen, Rosenfeld and Kolter (2019), with f o D as the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +18,34 @@ from torch import nn
 
 from .stats import clopper_pearson_lower, radius_from_p, two_sided_binomial_pvalue, _check_alpha
 
+log = logging.getLogger(__name__)
+
 ABSTAIN = -1
+
+#: Noise levels are [0,1] pixel units: the papers use 0.12 to 1.0. Far above 1 every class is noise (a
+#: warning); above SIGMA_MAX the run is refused (fp32 noise would overflow long before 1e39 anyway).
+SIGMA_WARN, SIGMA_MAX = 2.0, 100.0
+
+
+def check_sigma(sigma: float) -> float:
+    """``sigma`` as a float if it is a usable noise level; a clear error otherwise, a warning if absurd.
+
+    >>> check_sigma(0.25)
+    0.25
+    """
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"sigma must be a positive, finite number (noise std in [0,1] pixel units), got {sigma!r}")
+    if sigma > SIGMA_MAX:
+        raise ValueError(f"sigma={sigma!r} is far beyond any meaningful noise level for images in [0,1] "
+                         f"(the papers use 0.12 to 1.0); the largest accepted is {SIGMA_MAX:g}")
+    if sigma > SIGMA_WARN:
+        log.warning("sigma=%g is far outside [0,1] pixel units (the papers use 0.12 to 1.0): the noise drowns "
+                    "every image and nearly everything will abstain; images are in [0,1], not [0,255]", sigma)
+    return float(sigma)
+
+
+class NonFiniteOutput(ValueError):
+    """The networks returned NaN/inf (or an impossible class id): counting argmax of NaN would certify garbage."""
 
 _STREAMS = ("selection", "estimation", "prediction", "sequential")
 
@@ -75,8 +106,7 @@ class Smoothed(nn.Module):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if not (isinstance(sigma, (int, float)) and sigma > 0 and sigma == sigma):
-            raise ValueError(f"sigma must be a positive number (noise std in [0,1] pixel units), got {sigma!r}")
+        sigma = check_sigma(sigma)
         num_classes = num_classes if num_classes is not None else getattr(classifier, "num_classes", None)
         if not (isinstance(num_classes, int) and num_classes >= 1):
             raise ValueError(f"num_classes must be a positive int (or known to the classifier), got {num_classes!r}")
@@ -103,14 +133,47 @@ class Smoothed(nn.Module):
         images = noisy if self.denoiser is None else self.denoiser(noisy, self.sigma)
         return self.classifier(images)
 
-    def base_predict(self, noisy: torch.Tensor) -> torch.Tensor:
-        """Class ids of f(D(noisy)) for a batch of noisy images."""
+    def describe(self) -> str:
+        """The pipeline in words, for messages: ``DnCNN -> ImageClassifier(small-cnn)``."""
+        names = [type(net).__name__ + (f"({net.name})" if getattr(net, "name", "") else "")
+                 for net in (self.denoiser, self.classifier) if net is not None]
+        return " -> ".join(names)
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator["Smoothed"]:
+        """Eval mode for every network inside (BatchNorm statistics, dropout off), as Cohen's code does;
+        each module's own train/eval flag is restored on exit."""
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    def _classify(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class ids of f(D(noisy)), a 0-dim flag on the device: any output non-finite or out of range)."""
         if self.channels_last and noisy.ndim == 4:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast(noisy.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             out = self._networks(noisy)
-        return out if out.ndim == 1 else out.argmax(dim=1)
+        if out.ndim == 1:  # hard labels
+            return out.long(), ((out < 0) | (out >= self.num_classes)).any()
+        return out.argmax(dim=1), ~torch.isfinite(out).all()
+
+    def _refuse(self, where: str) -> NonFiniteOutput:
+        return NonFiniteOutput(
+            f"the pipeline {self.describe()} returned non-finite outputs (NaN/inf) or class ids outside "
+            f"[0, {self.num_classes}) in {where} at sigma={self.sigma:g}; refusing to count them. Check the "
+            f"weights (a denoiser trained at an absurd sigma is NaN) and the --autocast precision")
+
+    def base_predict(self, noisy: torch.Tensor) -> torch.Tensor:
+        """Class ids of f(D(noisy)) for a batch of noisy images; non-finite outputs raise `NonFiniteOutput`."""
+        preds, bad = self._classify(noisy)
+        if bool(bad):
+            raise self._refuse(f"a batch of {len(noisy)} noisy images")
+        return preds
 
     def find_batch_size(self, shape: tuple[int, ...], limit: int, start: int = 16, cpu_limit: int = 1024) -> int:
         """The largest power-of-two batch (<= ``limit``) whose forward pass fits in memory.
@@ -130,7 +193,7 @@ class Smoothed(nn.Module):
         best, batch = 0, min(start, limit)
         while batch <= limit:
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), self.evaluating():
                     self.base_predict(torch.rand((batch, *shape), device=device))
             except torch.OutOfMemoryError:
                 break
@@ -165,17 +228,27 @@ class Smoothed(nn.Module):
 
     @torch.inference_mode()
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Counts of f(D(x + d)) over ``num`` noise draws; stays on the device (no per-batch sync)."""
+        """Counts of f(D(x + d)) over ``num`` noise draws, in eval mode.
+
+        The counts stay on the device while sampling (no per-batch sync); the first batch with a
+        non-finite output is tracked there too and raises `NonFiniteOutput` before any count is used.
+        """
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
         ones = torch.ones(batch_size, dtype=torch.long, device=x.device)
         buffer = torch.empty((min(batch_size, num), *x.shape), device=x.device, dtype=torch.float32)  # reused
-        remaining = num
-        while remaining > 0:
-            b = min(batch_size, remaining)
-            noise = torch.randn((b, *x.shape), generator=generator, out=buffer[:b])
-            preds = self.base_predict(noise.mul_(self.sigma).add_(x))  # x + sigma * N(0, I), in place
-            counts.index_add_(0, preds, ones[:b])
-            remaining -= b
+        first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
+        remaining, batch = num, 0
+        with self.evaluating():
+            while remaining > 0:
+                b = min(batch_size, remaining)
+                noise = torch.randn((b, *x.shape), generator=generator, out=buffer[:b])
+                preds, bad = self._classify(noise.mul_(self.sigma).add_(x))  # x + sigma * N(0, I), in place
+                first_bad = torch.where(bad & (first_bad < 0), batch, first_bad)
+                counts.index_add_(0, preds.clamp(0, self.num_classes - 1), ones[:b])
+                remaining, batch = remaining - b, batch + 1
+        if int(first_bad) >= 0:
+            k = int(first_bad)
+            raise self._refuse(f"batch {k} (noise samples {k * batch_size}..{min(num, (k + 1) * batch_size) - 1})")
         return counts
 
     def certify_full(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
