@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .launch import add_training_args, training_overrides
+
 log = logging.getLogger("dsmooth")
 
 
@@ -95,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("train-denoiser", help="train a denoiser from a YAML config (Accelerate)")
-    p.add_argument("--config", required=True)
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p = sub.add_parser("train-denoiser", help="train a denoiser from a YAML config (Accelerate)",
+                       description="Train a denoiser from a YAML config (see recipes/configs/dncnn_*.yaml); "
+                                   "the same call as `accelerate launch recipes/train_denoiser.py`.")
+    add_training_args(p)
     return parser
 
 
@@ -193,7 +196,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_train_denoiser(args: argparse.Namespace) -> None:
     from denoisers.training import train_from_config
 
-    print(f"wrote {train_from_config(args.config, resume=args.resume)}")
+    print(f"wrote {train_from_config(args.config, resume=args.resume, overrides=training_overrides(args))}")
 
 
 COMMANDS = {"list": cmd_list, "certify": cmd_run, "predict": cmd_run, "analyze": cmd_analyze,

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .launch import warn_if_launch_ran_one_process
 from .smoothing import ABSTAIN, Smoothed
 from .stats import _check_alpha
 
@@ -383,6 +384,7 @@ def distributed_context(device: str | None = None) -> tuple[int, int, Callable[[
         use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
         state = PartialState(cpu=use_cpu)
         return state.process_index, state.num_processes, state.wait_for_everyone, state.device
+    warn_if_launch_ran_one_process(1)
     return 0, 1, lambda: None, default_device(device)
 
 

@@ -44,8 +44,8 @@ COMMON_DEFAULTS: dict[str, Any] = {
     "num_workers": 0,
     "num_threads": None,        # torch.set_num_threads on CPU (1 when sharing a small machine)
     "cpu": False,               # force the CPU even where a GPU is present
-    "mixed_precision": "no",    # Accelerate's: no, fp16, bf16
-    "output_dir": None,         # the run folder: checkpoint, training state and log, every epoch
+    "mixed_precision": None,    # Accelerate's: no, fp16, bf16; None leaves it to `accelerate config` / launch
+    "output_dir": None,         # the run folder (default runs/<config name>): checkpoint, state, log, every epoch
     "export_dir": None,         # at the end, also write a shippable copy here (bundle.json included)
     "export_dtype": "float16",
     "summary": "",              # one line for bundle.json (the registry shows it)
@@ -53,14 +53,44 @@ COMMON_DEFAULTS: dict[str, Any] = {
 }
 
 
-def load_training_config(path: str | Path, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Read a YAML config, fill in ``defaults``; an unknown key or a missing required one is an error.
+#: Command-line overrides every trainer takes (``--output-dir``, ``--export-dir``, ``--epochs``, ``--max-steps``).
+OVERRIDES = ("output_dir", "export_dir", "epochs", "max_steps")
+_PACKAGES = ("certify", "denoisers", "classifiers")
+
+
+def check_not_in_package(path: str | Path, key: str, explicit: bool = False) -> None:
+    """Refuse a training output inside the installed library (shipped weights live there).
+
+    A config never writes into the package; only a folder named on the command line (``explicit``)
+    may, which is how a maintainer refreshes a shipped model on purpose.
+
+    >>> check_not_in_package("runs/x", "output_dir")
+    """
+    if explicit:
+        return
+    target = Path(path).resolve()
+    for name in _PACKAGES:
+        package = (Path(__file__).resolve().parents[1] / name)
+        if target == package or package in target.parents:
+            raise ValueError(f"{key} {str(path)!r} lies inside the installed package ({package}); training never "
+                             f"writes there from a config. Name another folder, or pass --{key.replace('_', '-')} "
+                             f"{path} on the command line to overwrite shipped weights on purpose")
+
+
+def load_training_config(path: str | Path, defaults: Mapping[str, Any],
+                         overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config, fill in ``defaults``, apply command-line ``overrides`` (None = not given).
+
+    An unknown key or a missing required one is an error; ``output_dir`` defaults to
+    ``runs/<config name>``; neither it nor ``export_dir`` may point into the package unless the
+    command line named it.
 
     >>> import tempfile, os
     >>> with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-    ...     _ = f.write("epochs: 3\\noutput_dir: out\\ntrain_dataset: digits:train\\n")
-    >>> load_training_config(f.name, {**COMMON_DEFAULTS})["epochs"]
-    3
+    ...     _ = f.write("epochs: 3\\ntrain_dataset: digits:train\\n")
+    >>> cfg = load_training_config(f.name, {**COMMON_DEFAULTS}, {"max_steps": 5})
+    >>> cfg["epochs"], cfg["max_steps"], cfg["output_dir"].startswith("runs/")
+    (3, 5, True)
     >>> os.unlink(f.name)
     """
     import yaml
@@ -77,15 +107,24 @@ def load_training_config(path: str | Path, defaults: Mapping[str, Any]) -> dict[
     unknown = sorted(set(raw) - set(defaults))
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(defaults)}")
-    cfg = {**defaults, **raw}
-    for key in ("train_dataset", "output_dir"):
-        if not cfg.get(key):
-            raise ValueError(f"{path}: {key!r} is required")
-    for key in ("epochs", "batch_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    cfg = {**defaults, **raw, **given}
+    cfg["output_dir"] = cfg.get("output_dir") or f"runs/{path.stem}"
+    if not cfg.get("train_dataset"):
+        raise ValueError(f"{path}: 'train_dataset' is required")
+    for key in ("epochs", "batch_size") + (("max_steps",) if cfg.get("max_steps") is not None else ()):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ValueError(f"{path}: {key} must be a positive integer, got {cfg[key]!r}")
     for key in ("lr", "weight_decay", "lr_gamma"):
-        cfg[key] = float(cfg[key])
+        try:
+            cfg[key] = float(cfg[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: {key} must be a number, got {cfg[key]!r}") from None
+        if not math.isfinite(cfg[key]) or cfg[key] < 0:
+            raise ValueError(f"{path}: {key} must be a finite number >= 0, got {cfg[key]!r}")
+    for key in ("output_dir", "export_dir"):
+        if cfg.get(key):
+            check_not_in_package(cfg[key], key, explicit=key in given)
     return cfg
 
 
@@ -139,9 +178,13 @@ def make_accelerator(cfg: Mapping[str, Any]):
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from certify.launch import warn_if_launch_ran_one_process
+
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
-    accelerator = Accelerator(cpu=bool(cfg["cpu"]), mixed_precision=cfg["mixed_precision"])
+    # mixed_precision None: Accelerate's own setting (`accelerate config`, ACCELERATE_MIXED_PRECISION) wins.
+    accelerator = Accelerator(cpu=bool(cfg["cpu"]), mixed_precision=cfg.get("mixed_precision"))
+    warn_if_launch_ran_one_process(accelerator.num_processes)
     set_seed(int(cfg["seed"]), device_specific=True)
     return accelerator
 
@@ -263,11 +306,15 @@ def run_epochs(accelerator, model: nn.Module, optimizer, scheduler, train_loader
         bar = tqdm(train_loader, desc=f"{desc}epoch {epoch + 1}/{cfg['epochs']}", disable=not main, leave=False)
         for x, y in bar:
             loss = loss_fn(x, y)
+            value = float(loss.detach())
+            if not math.isfinite(value):  # stop before the step: the last checkpoint stays the last good one
+                raise ValueError(f"the training loss became {value} at epoch {epoch + 1}, step {steps + 1}; "
+                                 f"stopped without saving this epoch (lower lr, check sigma and the data)")
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
             steps += 1
-            total, count = total + float(loss.detach()) * len(y), count + len(y)
+            total, count = total + value * len(y), count + len(y)
             bar.set_postfix(loss=f"{total / count:.4g}")
             if cfg["max_steps"] is not None and steps >= cfg["max_steps"]:
                 break
@@ -315,12 +362,17 @@ def evaluate_classifier(model: nn.Module, loader, device, noise_sigma: float = 0
     return correct / max(total, 1)
 
 
-def train_classifier_from_config(path: str, resume: bool = False) -> Path:
+def train_classifier_from_config(path: str, resume: bool = False, overrides: Mapping[str, Any] | None = None) -> Path:
     """Train the classifier a YAML config describes; returns the run folder (a loadable checkpoint).
 
     Per epoch: mean training loss and held-out accuracy, logged to ``output_dir/log.jsonl``.
+    ``overrides``: command-line values for the keys of :data:`OVERRIDES`.
     """
-    cfg = load_training_config(path, CLASSIFIER_DEFAULTS)
+    from certify.smoothing import check_sigma
+
+    cfg = load_training_config(path, CLASSIFIER_DEFAULTS, overrides)
+    if cfg["noise_sigma"] != 0:
+        cfg["noise_sigma"] = check_sigma(cfg["noise_sigma"])
     if cfg["classifier"] is None:
         raise ValueError(f"{path}: 'classifier' is required (e.g. small-cnn)")
     accelerator = make_accelerator(cfg)

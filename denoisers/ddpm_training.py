@@ -39,17 +39,35 @@ EMA_NAME = "ema.safetensors"
 REQUIRED = ("output_dir", "work_dir", "dataset", "unet", "scheduler", "training")
 
 
-def load_training_config(path: str | Path) -> dict[str, Any]:
-    """Read and check a DDPM training YAML (see ``recipes/configs/ddpm_mnist5k.yaml``)."""
+def load_training_config(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read and check a DDPM training YAML (see ``recipes/configs/ddpm_mnist5k.yaml``).
+
+    ``overrides`` (command line; None = not given): ``output_dir``, ``work_dir``, ``epochs``.
+    """
+    from classifiers.training import check_not_in_package
+
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"training config {str(path)!r} does not exist")
-    cfg = yaml.safe_load(path.read_text())
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(cfg, dict):
         raise ValueError(f"{path} must hold a YAML mapping, got {type(cfg).__name__}")
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unsupported = sorted(set(given) - {"output_dir", "work_dir", "epochs"})
+    if unsupported:
+        raise ValueError(f"DDPM training takes --output-dir (the exported pipeline) and --epochs, not "
+                         f"{', '.join('--' + k.replace('_', '-') for k in unsupported)}")
+    cfg.update({k: v for k, v in given.items() if k != "epochs"})
+    if "epochs" in given and isinstance(cfg.get("training"), dict):
+        cfg["training"]["epochs"] = given["epochs"]
     missing = [k for k in REQUIRED if k not in cfg]
     if missing:
         raise ValueError(f"{path} lacks the keys {missing}; expected {list(REQUIRED)}")
+    for key in ("output_dir", "work_dir"):
+        check_not_in_package(cfg[key], key, explicit=key in given)
     return cfg
 
 
@@ -60,8 +78,10 @@ def training_timestep_range(scheduler_config: dict[str, Any], sigma_range: list[
     scheduler = DDPMScheduler(**scheduler_config)
     if not sigma_range:
         return 0, scheduler.config.num_train_timesteps - 1
-    lo, hi = (float(s) for s in sigma_range)
-    if not 0 < lo <= hi:
+    from certify.smoothing import check_sigma
+
+    lo, hi = (check_sigma(s) for s in sigma_range)
+    if not lo <= hi:
         raise ValueError(f"timestep_sigma_range must be [lo, hi] with 0 < lo <= hi, got {sigma_range!r}")
     return (timestep_for_sigma(scheduler.alphas_cumprod, lo), timestep_for_sigma(scheduler.alphas_cumprod, hi))
 
@@ -94,7 +114,7 @@ def export_pipeline(unet: torch.nn.Module, scheduler: Any, cfg: dict[str, Any], 
     return out
 
 
-def train_ddpm_from_config(path: str, resume: bool = False) -> Path:
+def train_ddpm_from_config(path: str, resume: bool = False, overrides: dict[str, Any] | None = None) -> Path:
     """Train the DDPM a YAML config describes; returns the exported pipeline folder.
 
     ``resume=True`` continues from ``work_dir/checkpoint`` (model, EMA, optimizer, RNG states, epoch).
@@ -108,14 +128,17 @@ def train_ddpm_from_config(path: str, resume: bool = False) -> Path:
     from tqdm.auto import tqdm
 
     config_path = Path(path)
-    cfg = load_training_config(config_path)
+    cfg = load_training_config(config_path, overrides)
     tcfg = dict(cfg["training"])
     if tcfg.get("num_threads"):
         torch.set_num_threads(int(tcfg["num_threads"]))
     # Without CUDA, processes started by torchrun (`accelerate launch --multi_gpu`) must be told to
     # form a CPU (gloo) group, or each would train alone.
+    from certify.launch import warn_if_launch_ran_one_process
+
     accelerator = Accelerator(cpu=bool(tcfg.get("cpu")) or not torch.cuda.is_available(),
-                              mixed_precision=tcfg.get("mixed_precision", "no"))
+                              mixed_precision=tcfg.get("mixed_precision"))  # None: Accelerate's own setting
+    warn_if_launch_ran_one_process(accelerator.num_processes)
     set_seed(int(cfg.get("seed", 0)))
 
     unet = UNet2DModel(**cfg["unet"])
@@ -172,6 +195,9 @@ def train_ddpm_from_config(path: str, resume: bool = False) -> Path:
             x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
             with accelerator.autocast():
                 loss = torch.nn.functional.mse_loss(unet(x_t, t).sample.float(), eps)
+            if not math.isfinite(float(loss.detach())):
+                raise ValueError(f"the training loss became non-finite at epoch {epoch + 1}; stopped without "
+                                 f"saving this epoch (lower learning_rate, check the data)")
             accelerator.backward(loss)
             optimizer.step()
             lr_schedule.step()

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from certify.checkpoint import load_config
+from certify.smoothing import check_sigma
 from classifiers.training import (
     COMMON_DEFAULTS, build_classifier, entry_spec, export_bundle, freeze,
     load_training_config, load_training_state, make_accelerator, make_loaders, make_optimizer,
@@ -105,7 +107,9 @@ def _build_denoiser(cfg: dict[str, Any], out: Path, resuming: bool) -> TrainedDe
         if cfg["denoiser_kwargs"]:
             raise ValueError("init_from and denoiser_kwargs exclude each other: the checkpoint fixes the architecture")
         init = str(cfg["init_from"])
-        model = TrainedDenoiser.from_pretrained(init) if Path(init).is_dir() else create_denoiser(init)
+        if Path(init).is_dir():  # a checkpoint folder: its architecture names the registry family
+            init = f"{load_config(init)[1].get('architecture')}:{init}"
+        model = create_denoiser(init)
         if model.sigma is not None and abs(model.sigma - cfg["sigma"]) > 1e-9:
             log.warning("init_from %s was trained for sigma=%g, fine-tuning at sigma=%g",
                         cfg["init_from"], model.sigma, cfg["sigma"])
@@ -113,7 +117,7 @@ def _build_denoiser(cfg: dict[str, Any], out: Path, resuming: bool) -> TrainedDe
     return create_denoiser(cfg["denoiser"], **dict(cfg["denoiser_kwargs"] or {}))
 
 
-def train_from_config(path: str, resume: bool = False) -> Path:
+def train_from_config(path: str, resume: bool = False, overrides: dict[str, Any] | None = None) -> Path:
     """Train the denoiser a YAML config describes; returns its run folder (a loadable checkpoint).
 
     Example (one tiny epoch on sklearn's digits):
@@ -126,11 +130,12 @@ def train_from_config(path: str, resume: bool = False) -> Path:
     >>> create_denoiser(f"dncnn:{train_from_config(str(d / 'c.yaml'))}").sigma
     0.25
     """
-    cfg = load_training_config(path, DENOISER_DEFAULTS)
+    cfg = load_training_config(path, DENOISER_DEFAULTS, overrides)
     objective = get_objective(cfg["objective"])
-    if cfg["sigma"] is None or not float(cfg["sigma"]) > 0:
-        raise ValueError(f"{path}: sigma must be a number > 0 (the noise level the denoiser is trained for), got {cfg['sigma']!r}")
-    sigma = cfg["sigma"] = float(cfg["sigma"])
+    try:
+        sigma = cfg["sigma"] = check_sigma(cfg["sigma"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc} (the noise level the denoiser is trained for)") from None
     entries = list(cfg["classifiers"] or [])
     if objective.needs_classifier and not entries:
         raise ValueError(f"{path}: objective {objective.name!r} needs at least one entry in 'classifiers'")

@@ -3,12 +3,7 @@
     python recipes/compare.py --config recipes/configs/demo_mnist.yaml --out reports/demo
     accelerate launch --multi_gpu --num_processes 8 recipes/compare.py --config CONFIG.yaml
 """
-import os
 import sys
-
-# This script's folder comes first on sys.path, and recipes/certify.py would shadow the library.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 
 from certify.cli import main
 

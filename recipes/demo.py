@@ -7,9 +7,6 @@ import os
 import sys
 import time
 
-# This script's folder comes first on sys.path, and recipes/certify.py would shadow the library.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 from certify.cli import main
 
 here = os.path.dirname(os.path.abspath(__file__))

@@ -1,23 +1,21 @@
-"""Train a classifier from a YAML config: ``accelerate launch recipes/train_classifier.py --config FILE.yaml``.
+"""Train a classifier from a YAML config.
 
-Runs unchanged on a CPU, one GPU or many; ``--resume`` continues a killed run from its last epoch.
+    accelerate launch recipes/train_classifier.py --config recipes/configs/small-cnn_mnist5k.yaml
+
+The same library call as ``classifiers.training.train_classifier_from_config``; runs unchanged on a CPU, one GPU or many (Accelerate).
+``--resume`` continues a killed run from its last finished epoch; ``--output-dir``, ``--export-dir``,
+``--epochs`` and ``--max-steps`` override the config.
 """
 
 import argparse
 import logging
-import os
-import sys
 
-# Python puts this script's folder first on sys.path; a recipe named like a package
-# (recipes/certify.py) would then shadow the library. Recipes import the library, never each other.
-sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
+from certify.launch import add_training_args, training_overrides
 from classifiers.training import train_classifier_from_config
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML training config (see recipes/configs/)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in the config's output_dir")
+    add_training_args(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    print(train_classifier_from_config(args.config, resume=args.resume))
+    print(train_classifier_from_config(args.config, resume=args.resume, overrides=training_overrides(args)))
