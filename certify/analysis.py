@@ -18,13 +18,19 @@ from typing import Sequence
 
 import numpy as np
 
+from .results import read_manifest
+
 CIFAR_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
 IMAGENET_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 
 
 @dataclass
 class RunResult:
-    """The columns of one result file that analysis needs, plus its manifest."""
+    """The columns of one result file that analysis needs, plus its manifest.
+
+    ``mode`` is ``predict`` for PREDICT runs (no radius: they go to the predictions table, never
+    into certified accuracy) and the run's mode otherwise (``certify`` for Cohen's own files).
+    """
 
     name: str
     radius: np.ndarray
@@ -33,6 +39,7 @@ class RunResult:
     time: np.ndarray
     samples: np.ndarray
     manifest: dict
+    mode: str = "certify"
 
     @property
     def m(self) -> int:
@@ -56,22 +63,53 @@ class RunResult:
         return float(np.mean(self.predict == -1)) if self.m else float("nan")
 
 
+def _seconds(text: str) -> float:
+    """A time cell: seconds (ours) or ``H:MM:SS[.ffffff]`` (str of a timedelta, Cohen's certify.py).
+
+    >>> _seconds("0.25"), _seconds("0:00:01.162000"), _seconds("1:02:03")
+    (0.25, 1.162, 3723.0)
+    """
+    if ":" not in text:
+        return float(text)
+    hours, minutes, seconds = text.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
 def load_result(path: str | os.PathLike, name: str | None = None) -> RunResult:
-    """Read a result TSV (ours or Cohen's six columns) and the manifest beside it, if any."""
+    """Read a result TSV (ours, or Cohen's six columns) and the manifest beside it, if any.
+
+    A file with a repeated idx (two runs wrote into it) is refused; an abstention or an unknown label
+    (-1) is never counted as correct, whatever the file says.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"result file {str(path)!r} does not exist")
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
-    missing = {"idx", "label", "predict", "radius", "correct"} - set(rows[0] if rows else {"idx", "label", "predict", "radius", "correct"})
-    if missing:
-        raise ValueError(f"{path} lacks the columns {sorted(missing)}; expected a certify TSV")
-    manifest_file = path.with_suffix(".json")
-    manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else {}
-    col = lambda key, default=0.0: np.array([float(r.get(key) or default) for r in rows], dtype=float)
-    samples = col("n") + col("n0") if rows and "n0" in rows[0] else col("n")
-    return RunResult(name or path.stem, col("radius"), col("correct").astype(int), col("predict").astype(int),
-                     col("time"), samples, manifest)
+    manifest = read_manifest(path) or {}
+    columns = set(rows[0]) if rows else set()
+    mode = "predict" if rows and "radius" not in columns else manifest.get("settings", {}).get("mode", "certify")
+    needed = {"idx", "label", "predict", "correct"} | ({"radius"} if mode != "predict" else set())
+    if rows and needed - columns:
+        raise ValueError(f"{path} lacks the columns {sorted(needed - columns)}; expected a certify or predict TSV")
+    try:
+        idx = [int(r["idx"]) for r in rows]
+        col = lambda key: np.array([float(r.get(key) or 0.0) for r in rows], dtype=float)
+        times = np.array([_seconds(r.get("time") or "0") for r in rows], dtype=float)
+        label, predict = col("label").astype(int), col("predict").astype(int)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} has a malformed line ({exc}); expected numbers in every column") from None
+    repeated = sorted({i for i in idx if idx.count(i) > 1})
+    if repeated:
+        raise ValueError(f"{path} holds idx {repeated[:5]} more than once (two runs wrote into it?); "
+                         f"certify again into a fresh --out")
+    correct = col("correct").astype(int) * (label >= 0) * (predict >= 0)
+    if "n" in columns:
+        samples = col("n") + (col("n0") if "n0" in columns else 0.0)
+    else:
+        samples = np.full(len(rows), np.nan)  # Cohen's files do not say
+    radius = col("radius") if mode != "predict" else np.zeros(len(rows))
+    return RunResult(name or path.stem, radius, correct, predict, times, samples, manifest, mode)
 
 
 def default_radii(results: Sequence[RunResult]) -> tuple[float, ...]:
@@ -104,11 +142,15 @@ def summarize(results: Sequence[RunResult], radii: Sequence[float]) -> tuple[lis
         rows.append([res.name, res.sigma, res.m] + [round(100 * res.certified_accuracy(r), 1) for r in radii]
                     + [round(res.acr(), 3), round(100 * res.abstain_rate(), 1),
                        round(float(np.mean(res.time)), 3) if res.m else float("nan"),
-                       round(float(np.mean(res.samples))) if res.m else float("nan")])
+                       _mean(res.samples)])
     if len(results) > 1:
         env = [max(round(100 * res.certified_accuracy(r), 1) for res in results) for r in radii]
         rows.append(["envelope (best per radius)", "", ""] + env + ["", "", "", ""])
     return header, rows
+
+
+def _mean(values: np.ndarray) -> float:
+    return round(float(np.mean(values))) if len(values) and not np.isnan(values).any() else float("nan")
 
 
 def _fmt(value) -> str:
@@ -158,14 +200,29 @@ def analyze(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, radi
     """
     if not paths:
         raise ValueError("analyze needs at least one result TSV")
+    if names and len(names) != len(paths):
+        raise ValueError(f"--names gives {len(names)} name(s) for {len(paths)} file(s); give one per file")
     names = list(names) if names else [Path(p).stem for p in paths]
-    results = [load_result(p, n) for p, n in zip(paths, names)]
+    loaded = [load_result(p, n) for p, n in zip(paths, names)]
+    results = [r for r in loaded if r.mode != "predict"]
+    predictions = [r for r in loaded if r.mode == "predict"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"header": [], "rows": [], "out_dir": str(out_dir), "predictions": None}
+    if predictions:
+        p_header = ["run", "sigma", "images", "accuracy %", "abstain %", "s/img", "samples/img"]
+        p_rows = [[r.name, r.sigma, r.m, round(100 * float(np.mean(r.correct)), 1) if r.m else float("nan"),
+                   round(100 * r.abstain_rate(), 1), round(float(np.mean(r.time)), 3) if r.m else float("nan"),
+                   _mean(r.samples)] for r in predictions]
+        (out_dir / "predictions.md").write_text(
+            "Smoothed predictions (PREDICT: no radius, not certificates)\n\n" + markdown_table(p_header, p_rows))
+        summary["predictions"] = {"header": p_header, "rows": p_rows}
+    if not results:
+        return summary
     radii = tuple(radii) if radii else default_radii(results)
     if any(r < 0 for r in radii):
         raise ValueError(f"radii must be >= 0, got {list(radii)}")
     header, rows = summarize(results, radii)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "table.md").write_text(markdown_table(header, rows))
     with open(out_dir / "table.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([header, *rows])
@@ -176,4 +233,5 @@ def analyze(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, radi
         "Certified accuracy (%) that holds with probability >= 99.9% over the choice of images\n\n"
         + markdown_table(hp_header, hp_rows))
     plot_curves(results, out_dir / "curves.png", max_radius=max(radii) if radii else None)
-    return {"header": header, "rows": rows, "out_dir": str(out_dir)}
+    summary.update(header=header, rows=rows)
+    return summary

@@ -178,8 +178,12 @@ def cmd_analyze(args: argparse.Namespace) -> None:
 
     names = args.names.split(",") if args.names else None
     summary = analyze(args.files, args.out, radii=_parse_floats(args.radii, "--radii"), names=names)
-    print(markdown_table(summary["header"], summary["rows"]), end="")
-    print(f"wrote {args.out}/table.md, table.csv, high_probability.md, curves.png")
+    if summary["rows"]:
+        print(markdown_table(summary["header"], summary["rows"]), end="")
+        print(f"wrote {args.out}/table.md, table.csv, high_probability.md, curves.png")
+    if summary["predictions"]:
+        print(markdown_table(summary["predictions"]["header"], summary["predictions"]["rows"]), end="")
+        print(f"wrote {args.out}/predictions.md (PREDICT runs: accuracy and abstentions, no radii)")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:

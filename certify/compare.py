@@ -69,7 +69,10 @@ def load_compare_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"compare config {str(path)!r} does not exist")
-    config = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     unknown = sorted(set(config) - _TOP_KEYS)
@@ -92,11 +95,25 @@ def load_compare_config(path: str | os.PathLike) -> dict[str, Any]:
         names.add(p["name"])
         parsed.append(Pipeline(**p))
     config["pipelines"] = parsed
+    radii = config.get("radii")
+    if radii is not None and not (isinstance(radii, list) and radii and all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) and r >= 0 for r in radii)):
+        raise ValueError(f"{path}: radii must be a list of numbers >= 0, e.g. [0, 0.25, 0.5], got {radii!r}")
+    for key in ("n0", "n", "skip", "images", "seed"):
+        if key in config:
+            config[key] = _whole(config[key], f"{path}: {key}")
     return config
 
 
+def _whole(value: Any, what: str) -> int:
+    """An int from a config value: 100 or 100.0, never 20.9 silently cut to 20 (nor true, nor '7')."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    return int(value)
+
+
 def _batch(value: Any) -> int | str:
-    return value if value == "auto" else int(value)
+    return value if value == "auto" else _whole(value, "batch")
 
 
 def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, limit: int | None = None) -> RunSettings:

@@ -9,7 +9,7 @@ run); with different settings it refuses and names the setting that differs.
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import math
 import os
@@ -25,19 +25,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .launch import warn_if_launch_ran_one_process
+from .redact import redact
+from .results import (COLUMNS, OutputLock, format_rows, manifest_path, open_append, read_manifest, read_results,
+                      refuse_links, repair, shard_paths, write_atomic, write_manifest)
 from .smoothing import ABSTAIN, Smoothed
 from .stats import _check_alpha
 
 log = logging.getLogger(__name__)
-
-_CERTIFY = ("idx", "label", "predict", "radius", "correct", "time", "pA_lower", "nA", "n", "n0")
-COLUMNS = {
-    "certify": _CERTIFY,      # Cohen's CERTIFY: fixed n
-    "predict": ("idx", "label", "predict", "radius", "correct", "time", "nA", "nB", "n"),
-    "sequential": (*_CERTIFY, "certified"),  # anytime-valid test per radius of options["radii"]; n = samples used
-    "anytime": _CERTIFY,      # anytime-valid confidence sequence; pA_lower = running max of L_n
-}
-
 
 @dataclass
 class RunSettings:
@@ -110,7 +104,8 @@ class RunSettings:
 
 
 def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    """Versions of Python, this package, its main dependencies and every installed plugin distribution."""
+    from importlib.metadata import PackageNotFoundError, entry_points, version
 
     out = {"python": platform.python_version()}
     for name in ("denoised-smoothing", "torch", "torchvision", "timm", "diffusers", "transformers",
@@ -119,6 +114,10 @@ def package_versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             pass
+    for kind in ("denoisers", "classifiers", "datasets"):  # third-party plugins shape the results too
+        for ep in entry_points(group=f"denoised_smoothing.{kind}"):
+            if ep.dist is not None and ep.dist.name not in out:
+                out[ep.dist.name] = ep.dist.version
     return out
 
 
@@ -126,69 +125,56 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def manifest_path(out: Path) -> Path:
-    return out.with_suffix(".json")
-
-
-def shard_paths(out: Path) -> list[Path]:
-    return sorted(out.parent.glob(out.name + ".part-*"))
-
-
-def read_results(path: Path) -> tuple[list[str] | None, dict[int, list[str]]]:
-    """(header, {idx: fields}) of a result TSV; an unterminated last line (a killed write) is ignored."""
-    if not path.exists():
-        return None, {}
-    text = path.read_text()
-    lines = text.split("\n")
-    complete = lines[:-1]  # the part after the last newline is empty or a torn write
-    if not complete:
-        return None, {}
-    header = complete[0].split("\t")
-    rows = {}
-    for line in complete[1:]:
-        if line:
-            fields = line.split("\t")
-            rows[int(fields[0])] = fields
-    return header, rows
-
-
-def _truncate_torn_line(path: Path) -> None:
-    if path.exists():
-        data = path.read_bytes()
-        cut = data.rfind(b"\n") + 1
-        if cut != len(data):
-            with open(path, "r+b") as fh:
-                fh.truncate(cut)
-
-
-def _check_resume(out: Path, settings: RunSettings) -> None:
-    """Refuse to mix results of different settings in one file."""
-    mpath = manifest_path(out)
-    if not mpath.exists():
+def _check_resume(out: Path, settings: RunSettings) -> dict[str, Any] | None:
+    """Refuse to mix results of different settings in one file; returns the existing manifest."""
+    manifest = read_manifest(out)
+    if manifest is None:
         if out.exists() or shard_paths(out):
-            raise ValueError(f"{out} exists without its manifest {mpath.name}; refusing to append to it")
-        return
-    old = json.loads(mpath.read_text()).get("settings", {})
-    new = asdict(settings)
+            raise ValueError(f"{out} exists without its manifest {manifest_path(out).name}; refusing to append to it")
+        return None
+    old, new = manifest.get("settings", {}), redact(asdict(settings))
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise ValueError(
                 f"{out} was started with {key}={old.get(key)!r}, this run has {key}={new.get(key)!r}; "
                 f"use another --out or the same settings to resume"
             )
+    return manifest
 
 
 def _format_line(mode: str, idx: int, label: int, result: Any, seconds: float) -> str:
-    if mode != "predict":
+    """One TSV line; ``correct`` only when the label is known (>= 0) and g did not abstain."""
+    correct = int(result.prediction == label and label >= 0 and result.prediction != ABSTAIN)
+    if mode == "predict":
+        values = (idx, label, result.prediction, correct, f"{seconds:.4f}", result.nA, result.nB, result.n)
+    else:
         c = result
-        values = (idx, label, c.prediction, repr(float(c.radius)), int(c.prediction == label),
+        values = (idx, label, c.prediction, repr(float(c.radius)), correct,
                   f"{seconds:.4f}", repr(float(c.pA_lower)), c.nA, c.n, c.n0)
         if mode == "sequential":
             values += (",".join(str(int(v)) for v in c.certified),)
-    else:
-        prediction, nA, nB, n = result
-        values = (idx, label, prediction, repr(0.0), int(prediction == label), f"{seconds:.4f}", nA, nB, n)
     return "\t".join(str(v) for v in values) + "\n"
+
+
+def _check_labels(dataset, indices: Sequence[int], num_classes: int, name: str) -> None:
+    """Refuse labels the classifier cannot output (before anything is written)."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        return
+    for i in indices:
+        if int(targets[i]) >= num_classes:
+            raise ValueError(f"image {i} of {name} has label {int(targets[i])}, but the classifier has "
+                             f"{num_classes} classes (0..{num_classes - 1}): the dataset's labels do not match it")
+
+
+def _os_error(exc: OSError, out: Path) -> ValueError:
+    """One line for the file-system failures a user can fix (permissions, a full disk)."""
+    if exc.errno == errno.ENOSPC:
+        return ValueError(f"the disk is full while writing {out}; free some space and run the same command again: "
+                          f"the finished images are kept and the run resumes")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return ValueError(f"cannot write {exc.filename or out}: {exc.strerror}; choose another --out")
+    return ValueError(f"cannot write {exc.filename or out}: {exc.strerror or exc}")
 
 
 def run_certification(
@@ -221,45 +207,75 @@ def run_certification(
     out = Path(out)
     if out.suffix != ".tsv":
         raise ValueError(f"--out must name a .tsv file, got {str(out)!r}")
+    refuse_links(out, manifest_path(out))
+    indices = settings.indices(len(dataset))
+    if not settings.options.get("label_from_api"):
+        _check_labels(dataset, indices, smoothed.num_classes, settings.dataset)
+    lock = OutputLock(out) if rank == 0 else None
+    try:
+        if lock is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        busy = lock.acquire() if lock is not None else None
+    except OSError as exc:
+        busy = str(_os_error(exc, out))
+    busy = _from_rank0(busy, world_size)  # every process stops if the main one may not write
+    if busy:
+        raise ValueError(busy)
+    try:
+        return _run_locked(smoothed, dataset, settings, out, indices, quiet, rank, world_size, barrier,
+                           extra_manifest)
+    except OSError as exc:
+        raise _os_error(exc, out) from exc
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _from_rank0(value: Any, world_size: int) -> Any:
+    """The main process's ``value`` on every process (a collective call when there are several)."""
+    if world_size == 1:
+        return value
+    from accelerate.utils import gather_object
+
+    return gather_object([value])[0]
+
+
+def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, indices: list[int], quiet: bool,
+                rank: int, world_size: int, barrier: Callable[[], None], extra_manifest: dict[str, Any] | None) -> Path:
     settings = _resolve_batch(smoothed, dataset, settings, out, world_size)
-    _check_resume(out, settings)
+    previous = _check_resume(out, settings)
     columns = COLUMNS[settings.mode]
-    existed = out.exists() or manifest_path(out).exists()
+    existed = out.exists() or previous is not None
+    allowed = set(indices)
+    if rank == 0:
+        for path in [out, *shard_paths(out)]:  # drop torn or foreign lines before anyone reads
+            repair(path, columns, allowed)
+        manifest = {
+            "settings": redact(asdict(settings)), "columns": list(columns), "versions": package_versions(),
+            "command": redact(" ".join(sys.argv)), "world_size": world_size, "start_time": _now(),
+            "end_time": None, **redact(extra_manifest or {}),
+        }
+        if previous is not None:
+            manifest["start_time"] = previous.get("start_time", manifest["start_time"])
+            manifest["resumed"] = previous.get("resumed", 0) + 1
+        write_manifest(out, manifest)
+    barrier()
 
     done: dict[int, list[str]] = {}
     for path in [out, *shard_paths(out)]:
-        header, rows = read_results(path)
-        if header is not None and tuple(header) != columns:
-            raise ValueError(f"{path} has columns {header}, expected {list(columns)}")
-        done.update(rows)
+        done.update(read_results(path, columns, allowed)[0])
     barrier()  # every rank has read what is done before anyone writes
 
-    todo = [i for i in settings.indices(len(dataset)) if i not in done]
+    todo = [i for i in indices if i not in done]
     mine = todo[rank::world_size]
     target = out if world_size == 1 else out.with_name(f"{out.name}.part-{rank:03d}")
-
-    if rank == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "settings": asdict(settings), "columns": list(columns), "versions": package_versions(),
-            "command": " ".join(sys.argv), "world_size": world_size, "start_time": _now(), "end_time": None,
-            **(extra_manifest or {}),
-        }
-        mpath = manifest_path(out)
-        if mpath.exists():
-            previous = json.loads(mpath.read_text())
-            manifest["start_time"] = previous.get("start_time", manifest["start_time"])
-            manifest["resumed"] = previous.get("resumed", 0) + 1
-        mpath.write_text(json.dumps(manifest, indent=2) + "\n")
-    barrier()
-
-    _truncate_torn_line(target)
     new_file = not target.exists() or target.stat().st_size == 0
     written = 0
-    correct = sum(int(r[4]) for r in done.values())
+    at = columns.index("correct")
+    correct = sum(int(r[at]) for r in done.values())
     seen = len(done)
     try:
-        with open(target, "a", buffering=1) as fh:
+        with open_append(target) as fh:
             if new_file:
                 fh.write("\t".join(columns) + "\n")
             bar = tqdm(mine, disable=quiet, desc=f"{settings.mode} sigma={settings.sigma}", unit="img",
@@ -270,11 +286,10 @@ def run_certification(
                 if settings.options.get("label_from_api"):
                     label = smoothed.classifier.clean_label(x)  # ground truth: the API's top label on the clean image
                 result = _certify_one(smoothed, settings, x, idx)
-                prediction = result[0] if settings.mode == "predict" else result.prediction
                 fh.write(_format_line(settings.mode, idx, int(label), result, time.perf_counter() - start))
                 written += 1
                 seen += 1
-                correct += int(prediction == int(label) and prediction != ABSTAIN)
+                correct += int(result.prediction == int(label) and int(label) >= 0 and result.prediction != ABSTAIN)
                 bar.set_postfix(acc=f"{correct / seen:.3f}")
     except BaseException:
         if not existed and rank == 0 and written == 0 and world_size == 1:
@@ -283,10 +298,10 @@ def run_certification(
         raise
     barrier()
     if rank == 0:
-        _merge(out, columns)
-        manifest = json.loads(manifest_path(out).read_text())
+        _merge(out, columns, allowed)
+        manifest = read_manifest(out) or {}
         manifest["end_time"] = _now()
-        manifest_path(out).write_text(json.dumps(manifest, indent=2) + "\n")
+        write_manifest(out, manifest)
     barrier()
     return out
 
@@ -297,8 +312,7 @@ def _resolve_batch(smoothed: Smoothed, dataset, settings: RunSettings, out: Path
     if settings.batch != "auto":
         return settings
     options = {**settings.options, "batch": "auto"}
-    mpath = manifest_path(out)
-    old = json.loads(mpath.read_text()).get("settings", {}) if mpath.exists() else {}
+    old = (read_manifest(out) or {}).get("settings", {})
     if old.get("options", {}).get("batch") == "auto" and isinstance(old.get("batch"), int):
         return replace(settings, batch=old["batch"], options=options)
     limit = max(settings.n0, settings.n) if settings.mode == "certify" else settings.n
@@ -315,8 +329,7 @@ def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, idx: int) 
     if s.mode == "certify":
         return smoothed.certify_full(x, s.n0, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
     if s.mode == "predict":
-        prediction, nA, nB = smoothed.predict_full(x, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
-        return prediction, nA, nB, s.n
+        return smoothed.predict_full(x, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
     from . import sequential
 
     step = s.options.get("step")
@@ -328,23 +341,33 @@ def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, idx: int) 
                                       n0=s.n0, step=step)
 
 
-def _merge(out: Path, columns: Sequence[str]) -> None:
+def _merge(out: Path, columns: Sequence[str], allowed: set[int]) -> None:
     """Fold the shards (if any) into ``out``, one line per index, ordered by index, atomically."""
     shards = shard_paths(out)
     if not shards:
         return
     rows: dict[int, list[str]] = {}
     for path in [out, *shards]:
-        rows.update(read_results(path)[1])
-    tmp = out.with_name(out.name + ".merging")
-    tmp.write_text("\t".join(columns) + "\n" + "".join("\t".join(rows[i]) + "\n" for i in sorted(rows)))
-    os.replace(tmp, out)
+        rows.update(read_results(path, columns, allowed)[0])
+    write_atomic(out, format_rows(columns, rows))
     for path in shards:
         path.unlink()
 
 
 def default_device(device: str | None = None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """The torch device to run on: the one named (checked), else cuda when there is one, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu "
+                         f"(or leave --device out to pick the GPU when there is one)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
 
 
 def build_smoothed(settings: RunSettings, device: str | None = None,

@@ -77,6 +77,16 @@ class Certificate:
     n0: int
 
 
+@dataclass(frozen=True)
+class Prediction:
+    """What PREDICT found for one image: the class (or -1), the top two counts, the samples drawn."""
+
+    prediction: int
+    nA: int
+    nB: int
+    n: int
+
+
 class Smoothed(nn.Module):
     """A smoothed classifier around ``classifier`` (optionally behind ``denoiser``) at noise ``sigma``.
 
@@ -273,8 +283,8 @@ class Smoothed(nn.Module):
         return c.prediction, c.radius
 
     def predict_full(self, x: torch.Tensor, n: int, alpha: float, batch_size: int,
-                     seed: int = 0, index: int = 0) -> tuple[int, int, int]:
-        """PREDICT with its evidence: (class or -1, nA, nB) for the top two counts."""
+                     seed: int = 0, index: int = 0) -> Prediction:
+        """PREDICT with its evidence: the class or -1, and the top two counts nA, nB."""
         self._check_counts(n=n, batch_size=batch_size)
         _check_alpha(alpha)
         x = self._check_input(x)
@@ -283,10 +293,10 @@ class Smoothed(nn.Module):
         nA, cA = int(top.values[0]), int(top.indices[0])
         nB = int(top.values[1]) if self.num_classes > 1 else 0
         if two_sided_binomial_pvalue(nA, nA + nB, 0.5) > alpha:
-            return ABSTAIN, nA, nB
-        return cA, nA, nB
+            return Prediction(ABSTAIN, nA, nB, n)
+        return Prediction(cA, nA, nB, n)
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int,
                 seed: int = 0, index: int = 0) -> int:
         """The smoothed prediction, or -1 when the top two classes are not separated at level alpha."""
-        return self.predict_full(x, n, alpha, batch_size, seed, index)[0]
+        return self.predict_full(x, n, alpha, batch_size, seed, index).prediction

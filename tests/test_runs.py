@@ -147,13 +147,16 @@ def test_predict_mode_and_analyze(cnn_dir, tmp_path, capsys):
     i = args.index("--n0")
     del args[i:i + 2]
     assert main(args) == 0
-    assert pred.read_text().splitlines()[0].split("\t")[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
-    cert = tmp_path / "c.tsv"
+    # PREDICT has no radius (issue 13): its file has no radius column and stays out of certified tables
+    assert pred.read_text().splitlines()[0].split("\t")[:5] == ["idx", "label", "predict", "correct", "time"]
+    cert, cert2 = tmp_path / "c.tsv", tmp_path / "c2.tsv"
     assert main(_args(cnn_dir, cert)) == 0
-    assert main(["analyze", str(cert), str(pred), "--out", str(tmp_path / "rep"), "--radii", "0,0.25"]) == 0
-    for name in ("table.md", "table.csv", "high_probability.md", "curves.png"):
+    assert main(_args(cnn_dir, cert2, sigma="0.25")) == 0
+    assert main(["analyze", str(cert), str(cert2), str(pred), "--out", str(tmp_path / "rep"), "--radii", "0,0.25"]) == 0
+    for name in ("table.md", "table.csv", "high_probability.md", "curves.png", "predictions.md"):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     assert "envelope" in (tmp_path / "rep" / "table.md").read_text()
+    assert "| p |" not in (tmp_path / "rep" / "table.md").read_text() and "| p |" in (tmp_path / "rep" / "predictions.md").read_text()
     table = {row[0]: row for row in csv.reader(open(tmp_path / "rep" / "table.csv"))}
     for line in (tmp_path / "rep" / "high_probability.md").read_text().splitlines()[4:]:
         name, m, alpha, *cells = [c.strip() for c in line.strip("|").split("|")]
