@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .errors import ResumableStop
 from .launch import add_training_args, training_overrides
 
 log = logging.getLogger("dsmooth")
@@ -222,9 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"dsmooth {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:
-        if type(exc).__name__ != "BudgetExceeded":  # a remote API's query budget: say so, no traceback
-            raise
+    except ResumableStop as exc:  # a remote API's budget or failure: say so, no traceback
         print(f"dsmooth {args.command}: stopped: {exc}", file=sys.stderr)
         return 3
     return 0

@@ -15,6 +15,8 @@ so that certification happens at the classifier's input resolution.
 from __future__ import annotations
 
 import importlib.util
+import io
+import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,8 +66,18 @@ class PILImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
+    def relabel(self, ids: Sequence[int]) -> None:
+        """Replace label k (a position in ``class_names``) by ``ids[k]``."""
+        self.targets = [int(ids[t]) for t in self.targets]
+        n = max(self.targets) + 1 if self.targets else 0
+        self.class_names = [str(i) for i in range(n)]
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = self.get_image(i)
+        try:
+            img = self.get_image(i)
+            img.load()
+        except Exception as exc:  # PIL: truncated or not an image at all
+            raise ValueError(f"image {i} of {self.name} cannot be decoded ({exc}); remove or replace that file") from None
         img = img.convert(self.mode or ("RGB" if img.mode not in ("L", "RGB") else img.mode))
         if self.size is not None:  # shorter side to `size` (bicubic, antialiased), then the central square
             from PIL import Image
@@ -146,18 +158,79 @@ def _from_hf(ds: Any, name: str, size: int | None = None) -> PILImages:
         raise ValueError(f"dataset {name!r} needs an image column and a label column, has {list(ds.features)}")
     feature = ds.features[label_cols[0]]
     class_names = feature.names if isinstance(feature, ClassLabel) else None
-    images = ds.cast_column(image_cols[0], ImageFeature())
-    return PILImages(lambda i: images[i][image_cols[0]], ds[label_cols[0]], name=name, class_names=class_names,
-                     size=size)
+    images = ds.cast_column(image_cols[0], ImageFeature(decode=False))  # decoded here, so errors name the file
+
+    def get_image(i: int):
+        from PIL import Image
+
+        record = images[i][image_cols[0]]
+        path = record.get("path")
+        try:
+            return Image.open(path) if path and Path(path).is_file() else Image.open(io.BytesIO(record["bytes"]))
+        except Exception as exc:
+            raise ValueError(f"{path or 'an embedded image'}: {exc}") from None
+
+    return PILImages(get_image, ds[label_cols[0]], name=name, class_names=class_names, size=size)
 
 
-@register_dataset("imagefolder", summary="imagefolder:PATH, class-per-folder images (datasets 'imagefolder')")
-def imagefolder(identifier: str | None = None, size: int | None = None) -> PILImages:
+@register_dataset("imagefolder", summary="imagefolder:PATH, class-per-folder images; integer folder names are class ids")
+def imagefolder(identifier: str | None = None, size: int | None = None, label_map: str | None = None) -> PILImages:
+    """Folders named by integers are those class ids (``0 1 2 4 7`` -> labels 0, 1, 2, 4, 7, not their
+    positions); other names are matched to the classifier's class names when the run is assembled
+    (:func:`map_folder_labels`), or mapped by ``label_map=FILE.json`` ({"folder": class id})."""
     from datasets import load_dataset
 
     if not identifier or not Path(identifier).is_dir():
         raise ValueError(f"imagefolder needs an existing folder, got {identifier!r}")
-    return _from_hf(load_dataset("imagefolder", data_dir=identifier, split="train"), f"imagefolder:{identifier}", size)
+    folders = sorted(p.name for p in Path(identifier).iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise ValueError(f"imagefolder:{identifier} has no class folders; expected PATH/<class>/<image files> "
+                         f"(one sub-folder per class, named by its class id or class name)")
+    try:
+        ds = _from_hf(load_dataset("imagefolder", data_dir=identifier, split="train"), f"imagefolder:{identifier}",
+                      size)
+    except ValueError:
+        raise
+    except Exception as exc:  # the datasets library's own errors: unreadable folders, no images
+        raise ValueError(f"imagefolder:{identifier} could not be read ({type(exc).__name__}: {exc})") from None
+    names = list(ds.class_names)
+    if label_map is not None:
+        try:
+            mapping = json.loads(Path(label_map).read_text())
+            ids = [int(mapping[name]) for name in names]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"label_map {label_map!r} must be a JSON object mapping every folder name of "
+                             f"{names} to a class id ({type(exc).__name__}: {exc})") from None
+        ds.relabel(ids)
+    elif all(re.fullmatch(r"\d+", n) for n in names):
+        ds.relabel([int(n) for n in names])
+    else:
+        ds.folder_names = names  # to be matched with the classifier's class names
+    return ds
+
+
+def map_folder_labels(dataset: Any, class_names: Sequence[str]) -> None:
+    """Give an imagefolder whose folders are class *names* the classifier's class ids.
+
+    A folder matches a class name exactly, or (1,000-class ImageNet classifiers) an ImageNet
+    synset / WordNet id such as ``n01440764``. Anything else is refused with how to map it.
+    """
+    names = getattr(dataset, "folder_names", None)
+    if names is None:
+        return
+    index = {str(c): i for i, c in enumerate(class_names)}
+    if len(class_names) == 1000 and any(re.fullmatch(r"n\d{8}", n) for n in names):
+        from timm.data import ImageNetInfo
+
+        index.update({w: i for i, w in enumerate(ImageNetInfo().label_names())})
+    missing = [n for n in names if n not in index]
+    if missing:
+        examples = ", ".join(repr(c) for c in list(class_names)[:3])
+        raise ValueError(f"{dataset.name}: folder(s) {missing[:5]} are neither class ids (integers) nor class names "
+                         f"of the classifier (e.g. {examples}): rename the folders to class ids 0..{len(class_names) - 1}"
+                         f" or to those names, or pass --dataset-arg label_map=FILE.json ({{\"folder\": id}})")
+    dataset.relabel([index[n] for n in names])
+    dataset.folder_names = None
 
 
 @register_dataset("hf", summary="hf:NAME[:split], a hub dataset or a save_to_disk folder (default split test)")

@@ -418,7 +418,7 @@ def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str |
     The one entry point behind ``dsmooth certify``/``predict``, ``recipes/certify.py`` and ``compare``:
     under ``accelerate launch`` the images are split across the processes and merged at the end.
     """
-    from .data import create_dataset
+    from .data import create_dataset, map_folder_labels
 
     settings.validate()
     rank, world_size, barrier, dev = distributed_context(device)
@@ -430,6 +430,12 @@ def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str |
         raise ValueError(f"label_from_api needs a remote classifier, got {settings.classifier!r}")
     smoothed = build_smoothed(settings, device=str(dev), runtime_kwargs=runtime_kwargs)
     dataset = create_dataset(settings.dataset, **settings.options.get("dataset_kwargs", {}))
+    if not settings.options.get("label_from_api"):
+        if not getattr(smoothed.classifier, "differentiable", True) and hasattr(smoothed.classifier, "clean_label"):
+            raise ValueError(f"{settings.classifier} answers with its own label strings, which are not the class ids "
+                             f"of {settings.dataset}: every image would count as wrong. Pass --label-from-api "
+                             f"(ground truth = the API's top label on the clean image, as Salman et al.)")
+        map_folder_labels(dataset, getattr(smoothed.classifier, "labels", [str(i) for i in range(smoothed.num_classes)]))
     describe = getattr(smoothed.classifier, "describe", None)
     return run_certification(smoothed, dataset, settings, out, quiet=quiet, rank=rank, world_size=world_size,
                              barrier=barrier, extra_manifest={"classifier_details": describe()} if describe else None)

@@ -45,17 +45,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from certify.errors import ResumableStop
+from certify.redact import redact
+
 log = logging.getLogger(__name__)
 
 NONE_LABEL = "none"
 Labels = list  # ranked [(name, score), ...], best first
 
 
-class RemoteError(RuntimeError):
+class RemoteError(ResumableStop):
     """The API refused a query for good (bad credentials, bad request) or retries ran out."""
 
 
-class BudgetExceeded(RuntimeError):
+class BudgetExceeded(ResumableStop):
     """Sending the next queries would exceed the run's query budget; nothing was sent."""
 
 
@@ -76,7 +79,8 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
+        return max(0.0, seconds) if seconds == seconds else None  # inf stays inf: "not soon"
     except ValueError:
         pass
     try:
@@ -163,6 +167,9 @@ class RestAdapter(Adapter):
             raise Retryable(f"{self.vendor}: connection error ({type(exc).__name__})") from exc
         if resp.status_code == 429 or resp.status_code >= 500:
             raise Retryable(f"{self.vendor}: HTTP {resp.status_code}", parse_retry_after(resp.headers.get("Retry-After")))
+        if resp.status_code in (401, 403):
+            raise RemoteError(f"{self.vendor} refused the query: HTTP {resp.status_code} (not authorized): check the "
+                              f"API credentials in the environment")
         if resp.status_code >= 400:
             raise RemoteError(f"{self.vendor} refused the query: HTTP {resp.status_code} {resp.text[:200]!r}")
         try:
@@ -268,7 +275,7 @@ class AnswerCache:
         if self._db is not None:
             with self._lock:
                 self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
-                                 (key, api, hashlib.sha256(png).hexdigest(), json.dumps(labels), time.time()))
+                                 (key, redact(api), hashlib.sha256(png).hexdigest(), json.dumps(labels), time.time()))
                 self._db.commit()
 
     def __len__(self) -> int:
@@ -311,7 +318,7 @@ class RemoteClassifier(nn.Module):
     def __init__(self, adapter: Adapter, num_classes: int = 1024, cache_dir: str | os.PathLike | None = None,
                  vocabulary: str | os.PathLike | LabelVocabulary | None = None, budget: int | None = None,
                  concurrency: int = 4, max_retries: int = 6, backoff: float = 0.5, max_backoff: float = 60.0,
-                 rate_limit: float | None = None, timeout: float = 30.0) -> None:
+                 rate_limit: float | None = None, timeout: float = 30.0, max_retry_wait: float = 120.0) -> None:
         super().__init__()
         if budget is not None and not (isinstance(budget, int) and budget >= 0):
             raise ValueError(f"budget must be a non-negative int (queries), got {budget!r}")
@@ -319,8 +326,10 @@ class RemoteClassifier(nn.Module):
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if not (isinstance(max_retries, int) and max_retries >= 0):
             raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
-        if not (timeout > 0 and backoff >= 0 and max_backoff >= 0):
-            raise ValueError(f"timeout must be > 0 and backoff, max_backoff >= 0; got {timeout}, {backoff}, {max_backoff}")
+        if not (timeout > 0 and backoff >= 0 and max_backoff >= 0 and max_retry_wait >= 0):
+            raise ValueError(f"timeout must be > 0 and backoff, max_backoff, max_retry_wait >= 0; got {timeout}, "
+                             f"{backoff}, {max_backoff}, {max_retry_wait}")
+        self.max_retry_wait = float(max_retry_wait)
         self.adapter = adapter
         self.api = adapter.api_id()
         self.cache = AnswerCache(cache_dir)
@@ -353,7 +362,7 @@ class RemoteClassifier(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """Settings for a run manifest (no credentials)."""
-        return dict(self.adapter.describe(), num_classes=self.num_classes, budget=self.budget,
+        return dict(redact(self.adapter.describe()), num_classes=self.num_classes, budget=self.budget,
                     concurrency=self.concurrency, max_retries=self.max_retries, timeout=self.timeout,
                     encoding="clip to [0,1], round(255 x), PNG")
 
@@ -370,12 +379,20 @@ class RemoteClassifier(nn.Module):
         for attempt in range(self.max_retries + 1):
             self._rate.wait()
             try:
-                return [(str(name), float(score)) for name, score in self.adapter.query(png, self.timeout)]
+                try:
+                    return [(str(name), float(score)) for name, score in self.adapter.query(png, self.timeout)]
+                except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:  # an answer of the wrong shape
+                    raise Retryable(f"{self.adapter.vendor}: malformed answer ({type(exc).__name__}: {exc})") from exc
             except Retryable as exc:
                 if attempt == self.max_retries:
-                    raise RemoteError(f"{self.name}: gave up after {attempt + 1} attempts: {exc}") from exc
+                    raise RemoteError(f"{self.name}: gave up after {attempt + 1} attempts ({exc}); the answers so far "
+                                      f"are cached: run the same command again later to resume") from exc
                 delay = self._rng.uniform(0, min(self.max_backoff, self.backoff * 2 ** attempt))
                 if exc.retry_after is not None:
+                    if exc.retry_after > self.max_retry_wait:
+                        raise RemoteError(f"{self.name}: the server asks to wait {exc.retry_after:g} s (Retry-After), "
+                                          f"more than max_retry_wait={self.max_retry_wait:g} s; stopped, and the run "
+                                          f"can be resumed later (answers so far are cached)") from exc
                     delay = max(delay, exc.retry_after)
                 log.warning("%s: %s; retry %d/%d in %.2f s", self.name, exc, attempt + 1, self.max_retries, delay)
                 time.sleep(delay)
