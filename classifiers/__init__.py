@@ -48,4 +48,20 @@ def list_classifiers(pattern: str = "*") -> list[str]:
     return CLASSIFIERS.list(pattern)
 
 
-__all__ = ["CLASSIFIERS", "create_classifier", "list_classifiers", "register_classifier"]
+def list_architectures(pattern: str = "*") -> list[str]:
+    """``timm:NAME`` and ``torchvision:NAME`` specs whose architecture name matches ``pattern``
+    (as ``timm.list_models`` matches), so ``*resnet*`` finds ``timm:resnet50``.
+
+    >>> "timm:resnet50" in list_architectures("*resnet*")
+    True
+    """
+    import fnmatch
+
+    import timm
+    import torchvision
+
+    return ([f"timm:{n}" for n in timm.list_models(pattern)]
+            + [f"torchvision:{n}" for n in sorted(torchvision.models.list_models()) if fnmatch.fnmatchcase(n, pattern)])
+
+
+__all__ = ["CLASSIFIERS", "create_classifier", "list_architectures", "list_classifiers", "register_classifier"]

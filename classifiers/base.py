@@ -52,6 +52,10 @@ class ImageClassifier(nn.Module):
         """Resize to the model's input size, then normalize with its mean and std."""
         if images.ndim != 4:
             raise ValueError(f"expected a batch of images (B, C, H, W), got shape {tuple(images.shape)}")
+        if self.mean is not None and images.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"classifier {self.name or type(self.model).__name__} takes {self.mean.shape[1]}-channel "
+                             f"images, got {images.shape[1]} channel(s): the dataset does not match it (e.g. grayscale "
+                             f"digits in front of an RGB model)")
         if self.input_size is not None and tuple(images.shape[-2:]) != self.input_size:
             smooth = self.interpolation in ("bilinear", "bicubic")
             images = F.interpolate(images, size=self.input_size, mode=self.interpolation,

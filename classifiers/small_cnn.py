@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.checkpoint import load_config, load_weights_into, save_checkpoint
+from certify.checkpoint import build_checked, load_config, load_weights_into, save_checkpoint
 
 from . import register_classifier
 from .base import ImageClassifier
@@ -50,11 +50,18 @@ class SmallCNN(ImageClassifier):
         if config.get("architecture") != "small-cnn":
             raise ValueError(f"{directory} holds a {config.get('architecture')!r} checkpoint, expected 'small-cnn'")
         config = {k: v for k, v in config.items() if k != "architecture"}
-        return load_weights_into(cls(**config), directory).eval()
+        try:
+            model = build_checked(lambda: cls(**config), f"config.json in {directory}")
+        except TypeError as exc:
+            raise ValueError(f"config.json in {directory} does not describe a small-cnn: {exc}") from None
+        return load_weights_into(model, directory).eval()
 
 
 @register_classifier("small-cnn", summary="small-cnn[:DIR], LeNet-style CNN for MNIST-sized images")
 def create_small_cnn(identifier: str | None = None, **kwargs: Any) -> SmallCNN:
     if identifier is None:
         return SmallCNN(**kwargs)
+    if kwargs:
+        raise ValueError(f"a small-cnn checkpoint ({identifier}) takes no options, got {sorted(kwargs)}: "
+                         f"its config fixes the network")
     return SmallCNN.from_pretrained(identifier)

@@ -33,7 +33,10 @@ def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # truncated or not safetensors at all
+            raise ValueError(f"{path} is not a readable safetensors file (truncated or damaged?): {exc}") from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

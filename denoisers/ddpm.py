@@ -301,7 +301,11 @@ def load_unet_and_scheduler(dir_or_id: str | os.PathLike) -> tuple[nn.Module, An
         unet_dir = path / "unet" if (path / "unet" / "config.json").is_file() else path
         if not (unet_dir / "config.json").is_file():
             raise ValueError(f"{str(path)!r} holds neither unet/config.json nor config.json of a UNet2DModel")
-        unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=torch.float32)
+        try:
+            unet = UNet2DModel.from_pretrained(unet_dir, torch_dtype=torch.float32)
+        except Exception as exc:  # a torn weights file, a damaged config: one line, naming the folder
+            raise ValueError(f"the UNet in {str(unet_dir)!r} cannot be loaded (damaged or truncated files?): "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         candidates = [path / "scheduler" / "scheduler_config.json", path / "scheduler_config.json"]
         sched_file = next((c for c in candidates if c.is_file()), None)
         config = json.loads(sched_file.read_text()) if sched_file else None

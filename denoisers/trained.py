@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from certify.checkpoint import load_config, load_weights_into, save_checkpoint
+from certify.checkpoint import build_checked, load_config, load_weights_into, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class TrainedDenoiser(nn.Module):
             raise ValueError(f"{directory} holds a {arch!r} checkpoint, expected {cls.architecture!r}")
         kwargs = {k: v for k, v in config.items() if k != "architecture"}
         try:
-            model = target(**kwargs)
+            model = build_checked(lambda: target(**kwargs), f"config.json in {directory}")
         except (TypeError, ValueError) as exc:
             raise ValueError(f"config.json in {directory} does not describe a valid {arch!r}: {exc}") from exc
         return load_weights_into(model, directory).eval()

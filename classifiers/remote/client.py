@@ -47,6 +47,7 @@ from torch import nn
 
 from certify.errors import ResumableStop
 from certify.redact import redact
+from certify.results import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +231,7 @@ class LabelVocabulary:
         if target is None:
             return
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        tmp.write_text(json.dumps({"capacity": self.capacity, "labels": self.labels}, indent=1) + "\n")
-        os.replace(tmp, target)
+        write_atomic(target, json.dumps({"capacity": self.capacity, "labels": self.labels}, indent=1) + "\n")
 
 
 class AnswerCache:
