@@ -84,3 +84,14 @@ def training_overrides(args) -> dict:
     """The command-line overrides of :func:`add_training_args` (None where not given)."""
     return {"output_dir": args.output_dir, "export_dir": args.export_dir, "epochs": args.epochs,
             "max_steps": args.max_steps}
+
+
+def training_main(train, description: str) -> None:
+    """The whole of a training recipe: parse the training options, log to the console, call ``train``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    add_training_args(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    print(train(args.config, resume=args.resume, overrides=training_overrides(args)))
