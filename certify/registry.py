@@ -11,12 +11,14 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import inspect
 import json
 import logging
+import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,32 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     return family, (ident if sep else None)
 
 
+def refuse_unknown_options(options: Iterable[str], accepted: Sequence[str], what: str) -> None:
+    """One line naming the options ``what`` does not take and those it does (instead of a TypeError).
+
+    >>> refuse_unknown_options(["colour"], ["size"], "dataset 'imagefolder'")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown option 'colour' for dataset 'imagefolder'; it takes size
+    """
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
+                         f"{what}; it takes {', '.join(accepted) if accepted else 'no options'}")
+
+
+def factory_options(factory: Factory) -> list[str] | None:
+    """The options a factory takes (its keyword parameters besides ``identifier``); None when it also
+    takes ``**kwargs`` (it hands them on, and what they reach decides) or has no readable signature."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "identifier"]
+
+
 class Registry:
     """Named factories of one kind (denoiser, classifier, dataset).
 
@@ -63,6 +91,7 @@ class Registry:
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._entries: dict[str, Entry] = {}
+        self._plugin_sources: dict[str, str] = {}  # name -> the distribution that registered it
         self._plugins_loaded = entry_point_group is None
 
     def register(self, name: str, summary: str = "") -> Callable[[Factory], Factory]:
@@ -84,17 +113,29 @@ class Registry:
             return
         self._plugins_loaded = True
         for ep in entry_points(group=self.entry_point_group):
+            dist = ep.dist.name if ep.dist is not None else "an installed package"
             try:
                 obj = ep.load()
             except Exception as exc:  # a broken third-party plugin must not break the library
-                log.warning("could not load %s plugin %r: %s", self.kind, ep.name, exc)
+                log.warning("could not load %s plugin %r from %s: %s", self.kind, ep.name, dist, exc)
                 continue
-            if ep.name in self._entries:  # a built-in keeps its name; the plugin is reported, not dropped silently
-                dist = ep.dist.name if ep.dist is not None else "an installed package"
-                log.warning("%s plugin %r from %s collides with the built-in %s of that name and is ignored; "
-                            "its package should register it under another name", self.kind, ep.name, dist, self.kind)
-            elif callable(obj):
-                self.register(ep.name)(obj)
+            if ep.name in self._entries:  # the first keeps its name (a built-in always); the other is reported
+                if self._entries[ep.name].factory is obj:  # one package seen twice on the path
+                    continue
+                holder = (f"the plugin from {self._plugin_sources[ep.name]}" if ep.name in self._plugin_sources
+                          else f"the built-in {self.kind}")
+                log.warning("%s plugin %r from %s collides with %s of that name and is ignored; its package "
+                            "should register it under another name", self.kind, ep.name, dist, holder)
+            elif not callable(obj):
+                log.warning("%s plugin %r from %s is not callable (a factory make(identifier=None, **kwargs) "
+                            "is expected) and is ignored", self.kind, ep.name, dist)
+            else:
+                try:
+                    self.register(ep.name)(obj)
+                except ValueError as exc:  # e.g. a name with ':'
+                    log.warning("%s plugin from %s is ignored: %s", self.kind, dist, exc)
+                    continue
+                self._plugin_sources[ep.name] = dist
 
     def entry(self, name: str) -> Entry:
         self._load_plugins()
@@ -107,15 +148,24 @@ class Registry:
         return self._entries[name]
 
     def create(self, spec: str, **kwargs: Any) -> Any:
-        """Build the object a spec names; extra keyword arguments go to the factory."""
+        """Build the object a spec names; extra keyword arguments go to the factory.
+
+        A keyword the factory does not take is one line naming it (a ``TypeError`` raised inside the
+        factory for any other reason is left alone).
+        """
         family, ident = split_spec(spec)
+        factory = self.entry(family).factory
+        accepted = factory_options(factory)
+        if accepted is not None:
+            refuse_unknown_options(kwargs, accepted, f"{self.kind} {family!r}")
+            return factory(identifier=ident, **kwargs)
         try:
-            return self.entry(family).factory(identifier=ident, **kwargs)
-        except TypeError as exc:  # a keyword the plugin does not take: say which, not a traceback
-            if "unexpected keyword argument" not in str(exc):
+            return factory(identifier=ident, **kwargs)
+        except TypeError as exc:  # **kwargs handed on (to timm, a network): did the receiver refuse one of ours?
+            bad = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+            if bad is None or bad.group(1) not in kwargs:
                 raise
-            raise ValueError(f"{self.kind} {spec!r} does not take that option ({exc}); "
-                             f"options are keyword arguments of the {family!r} factory") from None
+            raise ValueError(f"unknown option {bad.group(1)!r} for {self.kind} {spec!r} ({exc})") from None
 
     def list(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style wildcard pattern, sorted."""
