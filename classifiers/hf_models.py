@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from certify.checkpoint import one_line
+
 from . import register_classifier
 from .base import ImageClassifier
 
@@ -97,8 +99,11 @@ def create_hf(identifier: str | None = None, labels: Sequence[str] | None = None
     try:
         model = AutoModelForImageClassification.from_pretrained(source, **model_kwargs)
         processor = AutoImageProcessor.from_pretrained(source)
-    except OSError as exc:
-        raise ValueError(f"could not load a transformers image classifier and image processor from {identifier!r}: {exc}") from exc
+    except TypeError:  # an option the model does not take: the registry names it
+        raise
+    except Exception as exc:  # missing files, a torn safetensors file, a config that is not one: one line
+        raise ValueError(f"could not load a transformers image classifier and image processor from {identifier!r} "
+                         f"({one_line(exc)})") from None
     model.eval()
     settings = processor_settings(processor, model.config)
     if input_size is not None:

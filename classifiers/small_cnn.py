@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from certify.checkpoint import build_checked, load_config, load_weights_into, save_checkpoint
+from certify.checkpoint import OversizedNetwork, build_checked, load_config, load_weights_into, save_checkpoint
+from certify.registry import refuse_unknown_options
 
 from . import register_classifier
 from .base import ImageClassifier
@@ -35,6 +38,14 @@ class SmallCNN(ImageClassifier):
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: int = 28,
                  mean: float = 0.1307, std: float = 0.3081, labels: list[str] | None = None,
                  **extra: Any) -> None:
+        sizes = dict(in_channels=in_channels, num_classes=num_classes, width=width, image_size=image_size)
+        bad = {k: v for k, v in sizes.items()
+               if not isinstance(v, numbers.Integral) or v < (4 if k == "image_size" else 1)}
+        if not all(isinstance(v, numbers.Real) for v in (mean, std)) or not std > 0:
+            bad.update(mean=mean, std=std)
+        if bad:  # a config's typo, before a tensor of negative size (RuntimeError) is attempted
+            raise ValueError(f"small-cnn needs integer sizes >= 1 (image_size >= 4) and numbers mean, std > 0; "
+                             f"got {bad}")
         super().__init__(_net(in_channels, num_classes, width, image_size), num_classes=num_classes,
                          input_size=(image_size, image_size), mean=(mean,) * in_channels,
                          std=(std,) * in_channels, labels=labels, name="small-cnn")
@@ -52,7 +63,9 @@ class SmallCNN(ImageClassifier):
         config = {k: v for k, v in config.items() if k != "architecture"}
         try:
             model = build_checked(lambda: cls(**config), f"config.json in {directory}")
-        except TypeError as exc:
+        except OversizedNetwork:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"config.json in {directory} does not describe a small-cnn: {exc}") from None
         return load_weights_into(model, directory).eval()
 
@@ -60,7 +73,10 @@ class SmallCNN(ImageClassifier):
 @register_classifier("small-cnn", summary="small-cnn[:DIR], LeNet-style CNN for MNIST-sized images")
 def create_small_cnn(identifier: str | None = None, **kwargs: Any) -> SmallCNN:
     if identifier is None:
-        return SmallCNN(**kwargs)
+        params = inspect.signature(SmallCNN).parameters.items()
+        options = [name for name, p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+        refuse_unknown_options(kwargs, options, "classifier 'small-cnn'")  # **extra is for configs, not typos
+        return build_checked(lambda: SmallCNN(**kwargs), f"small-cnn with options {kwargs}")
     if kwargs:
         raise ValueError(f"a small-cnn checkpoint ({identifier}) takes no options, got {sorted(kwargs)}: "
                          f"its config fixes the network")

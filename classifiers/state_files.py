@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
+from certify.checkpoint import read_weights
 
-# Keys under which training scripts commonly nest the state dict.
-_NESTED = ("state_dict", "model", "model_state_dict", "net")
+log = logging.getLogger(__name__)
 
 
 def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` file (never unpickles objects).
+    """The tensors of a ``.safetensors`` or ``.pth``/``.pt``/``.bin`` file (never unpickles objects), as
+    :func:`certify.checkpoint.read_weights` reads them, without a DataParallel ``module.`` prefix.
 
     >>> import tempfile, torch
     >>> f = Path(tempfile.mkdtemp()) / "w.pth"
@@ -30,22 +30,7 @@ def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # truncated or not safetensors at all
-            raise ValueError(f"{path} is not a readable safetensors file (truncated or damaged?): {exc}") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a weights-only torch file (pickled objects are refused): {exc}") from exc
-    for key in _NESTED:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+    state = read_weights(path)
     # DataParallel / DistributedDataParallel checkpoints prefix every key with "module.".
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}

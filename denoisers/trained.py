@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from certify.checkpoint import build_checked, load_config, load_weights_into, save_checkpoint
+from certify.checkpoint import OversizedNetwork, build_checked, load_config, load_weights_into, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class TrainedDenoiser(nn.Module):
         """
         directory, config = load_config(dir_or_id)
         arch = config.get("architecture")
-        if arch not in ARCHITECTURES:
+        if not isinstance(arch, str) or arch not in ARCHITECTURES:
             raise ValueError(f"{directory} holds architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
         target = ARCHITECTURES[arch]
         if cls is not TrainedDenoiser and not issubclass(target, cls):
@@ -124,8 +124,10 @@ class TrainedDenoiser(nn.Module):
         kwargs = {k: v for k, v in config.items() if k != "architecture"}
         try:
             model = build_checked(lambda: target(**kwargs), f"config.json in {directory}")
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"config.json in {directory} does not describe a valid {arch!r}: {exc}") from exc
+        except OversizedNetwork:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a JSON Infinity as a size
+            raise ValueError(f"config.json in {directory} does not describe a valid {arch!r}: {exc}") from None
         return load_weights_into(model, directory).eval()
 
 
@@ -134,7 +136,8 @@ def make_factory(cls: type[TrainedDenoiser], **defaults: Any):
 
     def factory(identifier: str | None = None, **kwargs: Any) -> TrainedDenoiser:
         if identifier is None:
-            return cls(**{**defaults, **kwargs})
+            options = {**defaults, **kwargs}
+            return build_checked(lambda: cls(**options), f"{cls.architecture} with options {kwargs}")
         if kwargs:
             raise ValueError(f"a {cls.architecture} checkpoint takes no options, got {sorted(kwargs)}")
         return cls.from_pretrained(identifier)
