@@ -166,8 +166,10 @@ def _from_hf(ds: Any, name: str, size: int | None = None) -> PILImages:
 
         record = images[i][image_cols[0]]
         path = record.get("path")
-        try:
-            return Image.open(path) if path and Path(path).is_file() else Image.open(io.BytesIO(record["bytes"]))
+        try:  # decoded here (not lazily later), so a truncated file is named too
+            img = Image.open(path) if path and Path(path).is_file() else Image.open(io.BytesIO(record["bytes"]))
+            img.load()
+            return img
         except Exception as exc:
             raise ValueError(f"{path or 'an embedded image'}: {exc}") from None
 
@@ -183,22 +185,31 @@ def imagefolder(identifier: str | None = None, size: int | None = None, label_ma
 
     if not identifier or not Path(identifier).is_dir():
         raise ValueError(f"imagefolder needs an existing folder, got {identifier!r}")
-    folders = sorted(p.name for p in Path(identifier).iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise ValueError(f"imagefolder:{identifier} has no class folders; expected PATH/<class>/<image files> "
-                         f"(one sub-folder per class, named by its class id or class name)")
-    try:
-        ds = _from_hf(load_dataset("imagefolder", data_dir=identifier, split="train"), f"imagefolder:{identifier}",
-                      size)
-    except ValueError:
-        raise
+    from PIL import Image
+
+    layout = ("expected PATH/<class>/<image files> (one sub-folder per class, named by its class id or class "
+              "name)")
+    entries = [p for p in Path(identifier).iterdir() if not p.name.startswith(".")]
+    if not any(p.is_dir() for p in entries):
+        raise ValueError(f"imagefolder:{identifier} has no class folders; {layout}")
+    loose = sorted(p.name for p in entries if p.is_file() and p.suffix.lower() in Image.registered_extensions())
+    if loose:  # the datasets library would make PATH's own name a class
+        raise ValueError(f"imagefolder:{identifier} has images outside the class folders ({', '.join(loose[:3])}"
+                         f"{', ...' if len(loose) > 3 else ''}); {layout}")
+    try:  # drop_labels=False: a single class folder keeps its label too
+        hf = load_dataset("imagefolder", data_dir=identifier, split="train", drop_labels=False)
     except Exception as exc:  # the datasets library's own errors: unreadable folders, no images
         raise ValueError(f"imagefolder:{identifier} could not be read ({type(exc).__name__}: {exc})") from None
+    ds = _from_hf(hf, f"imagefolder:{identifier}", size)
     names = list(ds.class_names)
     if label_map is not None:
         try:
             mapping = json.loads(Path(label_map).read_text())
-            ids = [int(mapping[name]) for name in names]
+            ids = [mapping[name] for name in names]
+            bad = [i for i in ids if not (type(i) is int and i >= 0 or isinstance(i, str) and i.isdigit())]
+            if bad:
+                raise ValueError(f"class ids must be integers >= 0, got {bad[0]!r}")
+            ids = [int(i) for i in ids]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"label_map {label_map!r} must be a JSON object mapping every folder name of "
                              f"{names} to a class id ({type(exc).__name__}: {exc})") from None
@@ -213,25 +224,43 @@ def imagefolder(identifier: str | None = None, size: int | None = None, label_ma
 def map_folder_labels(dataset: Any, class_names: Sequence[str]) -> None:
     """Give an imagefolder whose folders are class *names* the classifier's class ids.
 
-    A folder matches a class name exactly, or (1,000-class ImageNet classifiers) an ImageNet
-    synset / WordNet id such as ``n01440764``. Anything else is refused with how to map it.
+    A folder matches a class name exactly, else ignoring case, ``_`` for space and what follows a comma
+    (``tench`` matches id2label's ``"tench, Tinca tinca"``), or (1,000-class ImageNet classifiers) an
+    ImageNet synset / WordNet id such as ``n01440764``. A name two classes share (timm's ImageNet
+    labels have two ``crane`` classes) and a name no class has are refused with how to map them.
     """
     names = getattr(dataset, "folder_names", None)
     if names is None:
         return
-    index = {str(c): i for i, c in enumerate(class_names)}
+    exact: dict[str, set[int]] = {}
+    loose: dict[str, set[int]] = {}
+    for i, c in enumerate(map(str, class_names)):
+        exact.setdefault(c, set()).add(i)
+        for key in {_name_key(c), _name_key(c.split(",")[0])}:
+            loose.setdefault(key, set()).add(i)
     if len(class_names) == 1000 and any(re.fullmatch(r"n\d{8}", n) for n in names):
         from timm.data import ImageNetInfo
 
-        index.update({w: i for i, w in enumerate(ImageNetInfo().label_names())})
-    missing = [n for n in names if n not in index]
+        exact.update({w: {i} for i, w in enumerate(ImageNetInfo().label_names())})
+    found = {n: exact.get(n) or loose.get(_name_key(n), set()) for n in names}
+    how = (f"rename the folders to class ids 0..{len(class_names) - 1}, or pass --dataset-arg label_map=FILE.json "
+           f"({{\"folder\": id}})")
+    shared = {n: sorted(ids) for n, ids in found.items() if len(ids) > 1}
+    if shared:
+        n, ids = next(iter(shared.items()))
+        raise ValueError(f"{dataset.name}: folder {n!r} names {len(ids)} classes of the classifier ({ids}); {how}")
+    missing = [n for n, ids in found.items() if not ids]
     if missing:
         examples = ", ".join(repr(c) for c in list(class_names)[:3])
         raise ValueError(f"{dataset.name}: folder(s) {missing[:5]} are neither class ids (integers) nor class names "
-                         f"of the classifier (e.g. {examples}): rename the folders to class ids 0..{len(class_names) - 1}"
-                         f" or to those names, or pass --dataset-arg label_map=FILE.json ({{\"folder\": id}})")
-    dataset.relabel([index[n] for n in names])
+                         f"of the classifier (e.g. {examples}): {how}, or name them by those class names")
+    dataset.relabel([min(found[n]) for n in names])
     dataset.folder_names = None
+
+
+def _name_key(name: str) -> str:
+    """A class name compared loosely: case, ``_`` and runs of spaces ignored."""
+    return " ".join(name.replace("_", " ").split()).casefold()
 
 
 @register_dataset("hf", summary="hf:NAME[:split], a hub dataset or a save_to_disk folder (default split test)")
