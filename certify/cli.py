@@ -158,6 +158,8 @@ def cmd_list(args: argparse.Namespace) -> None:
         from .data import DATASETS
 
         rows = DATASETS.summaries(args.pattern)
+    if not rows:
+        print(f"no {args.kind} match {args.pattern!r}; 'dsmooth list {args.kind}' lists them all", file=sys.stderr)
     width = max((len(n) for n, _ in rows), default=0)
     for name, summary in rows:
         print(f"{name:<{width}}  {summary}")

@@ -49,19 +49,24 @@ def list_classifiers(pattern: str = "*") -> list[str]:
 
 
 def list_architectures(pattern: str = "*") -> list[str]:
-    """``timm:NAME`` and ``torchvision:NAME`` specs whose architecture name matches ``pattern``
-    (as ``timm.list_models`` matches), so ``*resnet*`` finds ``timm:resnet50``.
+    """``timm:NAME`` and ``torchvision:NAME`` specs whose architecture name (as ``timm.list_models``
+    matches) or whole spec matches ``pattern``: ``*resnet*`` and ``timm:resnet5*`` find ``timm:resnet50``.
+    Only torchvision's classification models are listed, as only they are classifiers.
 
-    >>> "timm:resnet50" in list_architectures("*resnet*")
+    >>> "timm:resnet50" in list_architectures("*resnet*") and "torchvision:resnet50" in list_architectures("resnet50")
     True
+    >>> list_architectures("torchvision:*rcnn*")
+    []
     """
     import fnmatch
 
     import timm
     import torchvision
 
-    return ([f"timm:{n}" for n in timm.list_models(pattern)]
-            + [f"torchvision:{n}" for n in sorted(torchvision.models.list_models()) if fnmatch.fnmatchcase(n, pattern)])
+    names = [("timm", n) for n in timm.list_models()]
+    names += [("torchvision", n) for n in sorted(torchvision.models.list_models(module=torchvision.models))]
+    return [f"{zoo}:{n}" for zoo, n in names
+            if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(f"{zoo}:{n}", pattern)]
 
 
 __all__ = ["CLASSIFIERS", "create_classifier", "list_architectures", "list_classifiers", "register_classifier"]
