@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -19,10 +20,12 @@ from denoisers import create_denoiser
 
 
 def test_a_keyword_the_plugin_does_not_take_is_one_line():
-    with pytest.raises(ValueError, match=r"dataset 'digits:test' does not take that option .*colour"):
-        from certify.data import create_dataset
+    from certify.data import create_dataset
 
+    with pytest.raises(ValueError, match=r"^unknown option 'colour' for dataset 'digits'; it takes no options$"):
         create_dataset("digits:test", colour=True)
+    with pytest.raises(ValueError, match=r"^unknown option 'colour' for dataset 'imagefolder'; it takes size, label_map$"):
+        create_dataset("imagefolder:.", colour=True)
 
 
 def test_a_shipped_model_refuses_options_it_would_ignore():
@@ -77,7 +80,10 @@ def test_torn_diffusers_unet_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("config,message", [([1, 2], "must hold a JSON object"),
                                             ({"architecture": "dncnn", "in_channels": 1, "depth": 17,
-                                              "features": 10**7}, "GB of weights")])
+                                              "features": 10**7}, "more than 32 GiB of weights"),
+                                            ({"architecture": "dncnn", "in_channels": 1, "depth": 10**9,
+                                              "features": 4}, "more than 20,000 weight tensors"),
+                                            ({"architecture": ["dncnn"]}, "holds architecture \\['dncnn'\\]")])
 def test_absurd_or_malformed_configs_are_refused_before_allocating(tmp_path, config, message):
     create_denoiser("dncnn", in_channels=1, depth=3, features=4).save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(config))
@@ -129,3 +135,166 @@ def test_the_plot_keeps_every_pipeline_visible():
     assert a.get_marker() != b.get_marker()
     assert max(max(line.get_ydata()) for line in (a, b, c)) < 102
     plt.close(fig)
+
+
+# -- options: the factory's signature decides; TypeErrors of its own are not hidden ----------------------------
+def _inner(size):
+    return size
+
+
+def test_a_type_error_inside_a_factory_is_not_taken_for_a_bad_option():
+    reg = Registry("widget", entry_point_group=None)
+    reg.register("buggy")(lambda identifier=None, size=1: _inner(colour=size))  # a bug, not the user's option
+    reg.register("forwards")(lambda identifier=None, **options: _inner(**options))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        reg.create("buggy", size=2)
+    with pytest.raises(ValueError, match=r"^unknown option 'colour' for widget 'forwards' \(.*_inner\(\) got an"):
+        reg.create("forwards", colour=2)  # handed on, refused by its receiver: the user's option after all
+    assert reg.create("forwards", size=3) == 3
+
+
+def test_fresh_models_refuse_options_they_do_not_take_and_absurd_sizes():
+    with pytest.raises(ValueError, match=r"^unknown option 'widht' for classifier 'small-cnn'; it takes in_channels, "):
+        create_classifier("small-cnn", widht=8)  # was stored in the config and ignored
+    with pytest.raises(ValueError, match=r"efficientnet-lite0 is the shipped ImageNet weights, so it does not take "
+                                         r"\['pretrained'\]"):
+        create_classifier("efficientnet-lite0", pretrained=False)  # was ignored: the shipped weights loaded anyway
+    with pytest.raises(ValueError, match=r"dncnn with options \{'features': 10000000\} describes a network of more"):
+        create_denoiser("dncnn", features=10**7)  # was a RuntimeError from the allocator (36 TB)
+    with pytest.raises(ValueError, match="small-cnn needs integer sizes >= 1"):
+        create_classifier("small-cnn", width=-1)  # was a RuntimeError (negative dimension)
+
+
+def test_seeded_fresh_models_are_unchanged_by_the_size_probe():
+    from denoisers.dncnn import DnCNN
+
+    torch.manual_seed(0)
+    direct = DnCNN(in_channels=1, depth=4, features=8).state_dict()
+    torch.manual_seed(0)
+    made = create_denoiser("dncnn", in_channels=1, depth=4, features=8).state_dict()
+    assert all(torch.equal(direct[k], made[k]) for k in direct)
+
+
+def test_a_bad_small_cnn_config_is_one_line(tmp_path):
+    from classifiers.small_cnn import SmallCNN
+
+    SmallCNN(width=4, image_size=8).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_classes": -1}))
+    with pytest.raises(ValueError, match=r"does not describe a small-cnn: .*got \{'num_classes': -1\}"):
+        create_classifier(f"small-cnn:{tmp_path}")
+
+
+# -- checkpoints ------------------------------------------------------------------------------------------------
+def test_a_pickle_is_refused_in_one_line_that_says_why(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps(Evil(), protocol=2))
+    create_denoiser("dncnn", in_channels=1, depth=3, features=4).save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    (tmp_path / "ckpt" / "evil.pth").write_bytes((tmp_path / "evil.pth").read_bytes())
+    for load in (lambda: read_state_file(tmp_path / "evil.pth"), lambda: create_denoiser(f"dncnn:{tmp_path / 'ckpt'}"),
+                 lambda: create_classifier("torchvision:resnet18", weights=None, weights_file=str(tmp_path / "evil.pth"))):
+        with pytest.raises(ValueError) as exc:
+            load()
+        assert "\n" not in str(exc.value)  # torch's own text is a page that suggests weights_only=False
+        assert "(it holds pickled objects: Unsupported global: GLOBAL print was not an allowed global by default);" \
+            in str(exc.value)
+
+
+def test_a_torn_transformers_classifier_is_one_line(tmp_path):
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=8, num_labels=3)
+    ViTForImageClassification(config).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"could not load a transformers image classifier .*\(SafetensorError: "):
+        create_classifier(f"hf:{tmp_path}")  # was a SafetensorError traceback
+
+
+# -- image folders ----------------------------------------------------------------------------------------------
+def _folder(root, names, n=2):
+    from PIL import Image
+
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for j in range(n):
+            Image.fromarray(np.random.default_rng(j).integers(0, 255, (32, 32), np.uint8)).save(root / name / f"{j}.png")
+    return root
+
+
+def test_a_truncated_png_names_its_file(tmp_path):
+    from certify.data import create_dataset
+
+    root = _folder(tmp_path / "d", ["0", "3"])
+    data = (root / "3" / "1.png").read_bytes()
+    (root / "3" / "1.png").write_bytes(data[: len(data) // 2])  # a valid header, cut short: fails on load()
+    ds = create_dataset(f"imagefolder:{root}")
+    with pytest.raises(ValueError, match=r"3/1\.png: image file is truncated.*remove or replace that file"):
+        [ds[i] for i in range(len(ds))]
+
+
+def test_one_class_folder_keeps_its_label_and_loose_images_are_refused(tmp_path):
+    from PIL import Image
+
+    from certify.data import create_dataset
+
+    ds = create_dataset(f"imagefolder:{_folder(tmp_path / 'one', ['7'])}")
+    assert ds.targets == [7, 7]  # was: "needs an image column and a label column" (the label was dropped)
+    root = _folder(tmp_path / "mixed", ["0", "1"])
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "stray.png")
+    with pytest.raises(ValueError, match=r"has images outside the class folders \(stray\.png\)"):
+        create_dataset(f"imagefolder:{root}")  # was: a third class named after the folder itself
+    (tmp_path / "map.json").write_text(json.dumps({"7": -1}))
+    with pytest.raises(ValueError, match="class ids must be integers >= 0, got -1"):
+        create_dataset(f"imagefolder:{tmp_path / 'one'}", label_map=str(tmp_path / "map.json"))
+
+
+def test_folder_names_match_class_names_loosely_but_never_ambiguously(tmp_path):
+    from certify.data import create_dataset, map_folder_labels
+
+    root = _folder(tmp_path / "d", ["Great_White_Shark", "tench"])
+    ds = create_dataset(f"imagefolder:{root}")
+    map_folder_labels(ds, ["tench, Tinca tinca", "goldfish", "great white shark, white shark"])  # hf id2label style
+    assert ds.targets == [2, 2, 0, 0]
+    ds = create_dataset(f"imagefolder:{_folder(tmp_path / 'e', ['crane'])}")
+    with pytest.raises(ValueError, match=r"folder 'crane' names 2 classes of the classifier \(\[1, 3\]\); .*label_map"):
+        map_folder_labels(ds, ["tench", "crane", "goldfish", "crane"])  # timm's ImageNet labels: bird and machine
+
+
+# -- listing and plugins ----------------------------------------------------------------------------------------
+def test_listing_offers_only_classifiers_and_takes_spec_patterns(capsys):
+    from classifiers import list_architectures
+
+    assert list_architectures("*rcnn*") == []  # torchvision's detectors are not classifiers: torchvision:NAME refuses them
+    assert "timm:resnet50" in list_architectures("timm:resnet5*")
+    assert main(["list", "classifiers", "*rcnn*"]) == 0
+    assert "no classifiers match '*rcnn*'" in capsys.readouterr().err
+
+
+def _dist(root, name, entry):
+    dist = root / f"{name}-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(f"[test.twice]\n{entry}\n")
+
+
+def test_plugin_collisions_name_who_holds_the_name(tmp_path, monkeypatch, caplog):
+    for where, name, entry in (("a", "one", "square = json:dumps"), ("b", "one", "square = json:dumps"),
+                               ("c", "two", "circle = json:loads"), ("d", "three", "circle = json:dumps"),
+                               ("e", "four", "line = json:__name__")):
+        (tmp_path / where).mkdir()
+        _dist(tmp_path / where, name, entry)
+        monkeypatch.syspath_prepend(str(tmp_path / where))
+    reg = Registry("widget", entry_point_group="test.twice")
+    with caplog.at_level(logging.WARNING):
+        assert reg.list() == ["circle", "square"]
+    assert reg.entry("square").factory is json.dumps
+    assert caplog.text.count("collides") == 1  # one package twice on the path is no collision (was: "the built-in")
+    assert re.search(r"widget plugin 'circle' from (two|three) collides with the plugin from (two|three) ", caplog.text)
+    assert "widget plugin 'line' from four is not callable" in caplog.text
