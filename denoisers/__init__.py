@@ -23,7 +23,7 @@ DENOISERS = Registry("denoiser", entry_point_group="denoised_smoothing.denoisers
 register_denoiser = DENOISERS.register
 
 # Built-in plugin modules, one plugin per file; each registers itself on import.
-_PLUGINS = ("identity", "dncnn", "memnet", "ddpm", "ffdnet")
+_PLUGINS = ("identity", "dncnn", "memnet", "ddpm", "adm", "ffdnet")
 _loaded = False
 
 

@@ -104,10 +104,10 @@ def _dataset_tensor(spec: str) -> torch.Tensor:
 def export_pipeline(unet: torch.nn.Module, scheduler: Any, cfg: dict[str, Any], config_path: Path,
                     summary: str) -> Path:
     """Write ``output_dir`` as a shipped pretrained denoiser: pipeline layout + bundle.json + the recipe."""
-    from .ddpm import DiffusionDenoiser
+    from .ddpm import DDPMDenoiser
 
     out = Path(cfg["output_dir"])
-    DiffusionDenoiser(unet, scheduler).save_pretrained(out, dtype=torch.float16)
+    DDPMDenoiser(unet, scheduler).save_pretrained(out, dtype=torch.float16)
     (out / "bundle.json").write_text(json.dumps({"family": "ddpm", "summary": summary}, indent=2) + "\n")
     if config_path.resolve() != (out / config_path.name).resolve():
         shutil.copyfile(config_path, out / config_path.name)

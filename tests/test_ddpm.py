@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from denoisers import create_denoiser, list_denoisers
-from denoisers.ddpm import DiffusionDenoiser, timestep_for_sigma
+from denoisers.ddpm import DDPMDenoiser, timestep_for_sigma
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import DDPMScheduler, UNet2DModel  # noqa: E402
@@ -42,11 +42,11 @@ def _brute_force(abar: np.ndarray, sigma: float, rule: str) -> int:
     return best
 
 
-def _denoiser_for(scheduler, **kwargs) -> DiffusionDenoiser:
+def _denoiser_for(scheduler, **kwargs) -> DDPMDenoiser:
     unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(4, 8),
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                        norm_num_groups=4, add_attention=False)
-    return DiffusionDenoiser(unet, scheduler, **kwargs)
+    return DDPMDenoiser(unet, scheduler, **kwargs)
 
 
 def test_first_rule_on_the_linear_schedule_gives_carlinis_timesteps():
@@ -119,7 +119,7 @@ def test_oracle_one_shot_returns_the_clean_image(prediction_type, learned_varian
     clean = torch.rand(3, 2, 12, 12, generator=g)
     d = sigma * torch.randn(clean.shape, generator=g)  # the engine's noise: exactly sigma, in pixel space
     model = TrueTarget(2 * clean - 1, d, sigma, abar, prediction_type, channels=2, learned_variance=learned_variance)
-    den = DiffusionDenoiser(model, scheduler)
+    den = DDPMDenoiser(model, scheduler)
     with torch.inference_mode():
         out = den(clean + d, sigma)
     assert model.calls == [t_star]
@@ -136,7 +136,7 @@ def test_oracle_detects_a_wrong_noise_scale():
     clean = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     d = sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(2))
     model = TrueTarget(2 * clean - 1, d, sigma, abar, "epsilon", channels=1)
-    out = DiffusionDenoiser(model, scheduler)(clean + d, 2 * sigma)
+    out = DDPMDenoiser(model, scheduler)(clean + d, 2 * sigma)
     assert (out - clean).abs().max() > 0.05
 
 
@@ -158,40 +158,40 @@ def test_tiny_unet_loads_by_spec_and_denoises(tmp_path, tiny_unet, layout):
         tiny_unet.save_pretrained(tmp_path / "unet")
         DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction").save_pretrained(tmp_path / "scheduler")
     den = create_denoiser(f"ddpm:{tmp_path}")
-    assert isinstance(den, DiffusionDenoiser) and den.prediction_type == "v_prediction"
+    assert isinstance(den, DDPMDenoiser) and den.prediction_type == "v_prediction"
     noisy = torch.rand(5, 3, 16, 16) + 0.25 * torch.randn(5, 3, 16, 16)
     with torch.inference_mode():
         out = den(noisy, 0.25)
     assert out.shape == noisy.shape and out.dtype == torch.float32
     assert out.min() >= 0 and out.max() <= 1
     with torch.inference_mode():  # it is the same network: same output as the module we saved
-        ref = DiffusionDenoiser(tiny_unet, DDPMScheduler(prediction_type="v_prediction"))(noisy, 0.25)
+        ref = DDPMDenoiser(tiny_unet, DDPMScheduler(prediction_type="v_prediction"))(noisy, 0.25)
     torch.testing.assert_close(out, ref)
 
 
 def test_multi_step_resize_dtype_and_round_trip(tmp_path, tiny_unet):
-    den = DiffusionDenoiser(tiny_unet, DDPMScheduler(num_train_timesteps=1000), num_steps=4, eta=0.0)
+    den = DDPMDenoiser(tiny_unet, DDPMScheduler(num_train_timesteps=1000), num_steps=4, eta=0.0, resize="bilinear")
     assert den.chain_timesteps(den.timestep(0.5)) == [259, 194, 130, 65]
-    noisy = torch.rand(3, 3, 20, 24) + 0.5 * torch.randn(3, 3, 20, 24)  # not the UNet's 16x16: resized
+    noisy = torch.rand(3, 3, 20, 24) + 0.5 * torch.randn(3, 3, 20, 24)  # not the UNet's 16x16: an explicit rule
     with torch.inference_mode():
         out = den(noisy, 0.5)
     assert out.shape == noisy.shape and 0 <= out.min() and out.max() <= 1
-    with pytest.raises(ValueError, match="sample_size"):
-        DiffusionDenoiser(tiny_unet, DDPMScheduler(), resize=None)(noisy, 0.5)
+    with pytest.raises(ValueError, match="resolution the denoiser works at"):
+        DDPMDenoiser(tiny_unet, DDPMScheduler())(noisy, 0.5)
     with pytest.raises(ValueError, match="channels"):
         den(torch.rand(1, 1, 16, 16), 0.5)
     # multi-step stochastic chain runs as well; and bf16 for the UNet with fp32 in and out
     den.save_pretrained(tmp_path)
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     stochastic = create_denoiser(f"ddpm:{tmp_path}", num_steps=3, eta=1.0)
-    low = create_denoiser(f"ddpm:{tmp_path}", dtype="bf16")
+    low = create_denoiser(f"ddpm:{tmp_path}", dtype="bf16", resize="bilinear")
     with torch.inference_mode():
         assert stochastic(noisy[:, :, :16, :16], 0.5).shape == (3, 3, 16, 16)
         assert low(noisy, 0.5).dtype == torch.float32
     with pytest.raises(ValueError, match="needs a folder"):
         create_denoiser("ddpm")
     with pytest.raises(ValueError, match="num_steps"):
-        DiffusionDenoiser(tiny_unet, DDPMScheduler(), num_steps=0)
+        DDPMDenoiser(tiny_unet, DDPMScheduler(), num_steps=0)
 
 
 # --- the shipped MNIST DDPM ----------------------------------------------------------------------------

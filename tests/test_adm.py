@@ -1,0 +1,235 @@
+"""The ``adm`` family: OpenAI's guided-/improved-diffusion checkpoints under the one diffusion rule.
+
+The references are the published code itself (``guided_diffusion``, PyPI guided-diffusion-sdk): its
+``GaussianDiffusion.p_mean_variance`` gives the x0 estimate our denoiser must reproduce, and the
+improved-diffusion layout in tests/data was written by improved-diffusion's own model code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("guided_diffusion", reason="the adm extra (guided-diffusion-sdk) is installed by make test")
+
+from certify.runs import RunSettings, certify_dataset  # noqa: E402
+from denoisers import create_denoiser, list_denoisers  # noqa: E402
+from denoisers.adm import ADMDenoiser, adm_flags, build_adm  # noqa: E402
+from denoisers.diffusion import resize, resize_noise_gain  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+TINY64 = dict(image_size=64, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="32",
+              num_head_channels=16, learn_sigma=True)
+TINY_COSINE = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="16",
+                   num_heads=2, learn_sigma=True, noise_schedule="cosine", diffusion_steps=4000,
+                   rescale_timesteps=True)
+
+
+def _random_adm(flags: dict, path: Path, seed: int = 0):
+    """A guided-diffusion model with random weights (its output conv starts at zero), saved as a state dict."""
+    model, diffusion = build_adm(adm_flags(**flags))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.05)
+    torch.save(model.state_dict(), path)
+    return model.eval(), diffusion
+
+
+@pytest.fixture(scope="module")
+def tiny64(tmp_path_factory):
+    path = tmp_path_factory.mktemp("adm") / "tiny64.pt"
+    return (path, *_random_adm(TINY64, path))
+
+
+@pytest.mark.parametrize("flags", [TINY64, TINY_COSINE], ids=["64px-learned-sigma", "cosine-4000-rescaled"])
+def test_x0_equals_guided_diffusions_pred_xstart(tmp_path, flags):
+    model, diffusion = _random_adm(flags, tmp_path / "m.pt")
+    den = create_denoiser(f"adm:{tmp_path / 'm.pt'}", **flags)
+    assert isinstance(den, ADMDenoiser) and den.learned_variance and den.prediction_type == "epsilon"
+    assert den.timestep_scale == (0.25 if flags.get("rescale_timesteps") else 1.0)
+    size = flags["image_size"]
+    g = torch.Generator().manual_seed(1)
+    for sigma in (0.25, 0.5):
+        t = den.timestep(sigma)
+        x_t = torch.randn(3, 3, size, size, generator=g)
+        with torch.no_grad():
+            ours = den.predict_x0_eps(x_t, t)[0]
+            ref = diffusion.p_mean_variance(model, x_t, torch.full((3,), t), clip_denoised=True)["pred_xstart"]
+        assert ref.abs().mean() > 0.1  # a real estimate, not the zero-initialised output
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+        # the whole forward pass: x_t = sqrt(abar_t*) (2 noisy - 1), then the same estimate mapped to [0, 1]
+        noisy = torch.rand(3, 3, size, size, generator=g) + sigma * torch.randn(3, 3, size, size, generator=g)
+        abar = float(diffusion.alphas_cumprod[t])
+        with torch.no_grad():
+            out = den(noisy, sigma)
+            ref = diffusion.p_mean_variance(model, math.sqrt(abar) * (2 * noisy - 1), torch.full((3,), t),
+                                            clip_denoised=True)["pred_xstart"]
+        torch.testing.assert_close(out, (ref + 1) / 2, atol=1e-5, rtol=0)
+
+
+def test_rescaled_timesteps_reach_the_model():
+    """improved-diffusion models see t * 1000 / T: the same weights told raw t give another estimate."""
+    flags = adm_flags(**TINY_COSINE)
+    model, diffusion = build_adm(flags)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.05)
+    rescaled = ADMDenoiser(model.eval(), diffusion, flags)
+    raw = ADMDenoiser(model, diffusion, {**flags, "rescale_timesteps": False})
+    x_t = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(rescaled.predict_x0_eps(x_t, 1158)[0], raw.predict_x0_eps(x_t, 1158)[0])
+
+
+def _cosine_abar(steps: int) -> np.ndarray:
+    """Nichol & Dhariwal's cosine schedule in closed form: abar(i) = f((i + 1) / T) / f(0), where the
+    0.999 cap on beta does not bind (it binds only in the last steps, far beyond any t* here)."""
+    f = lambda u: np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2  # noqa: E731
+    return f((np.arange(steps) + 1) / steps) / f(0.0)
+
+
+def test_timestep_for_the_4000_step_cosine_schedule_agrees_with_an_independent_computation(tmp_path):
+    _random_adm(TINY_COSINE, tmp_path / "m.pt")
+    den = create_denoiser(f"adm:{tmp_path / 'm.pt'}", **TINY_COSINE)
+    ratio = np.sqrt((1 - _cosine_abar(4000)) / _cosine_abar(4000))
+    sigmas = (0.12, 0.25, 0.5, 1.0)
+    independent = [int(np.argmax(ratio >= 2 * s)) for s in sigmas]
+    assert [den.timestep(s) for s in sigmas] == independent == [573, 1158, 1984, 2809]  # = Carlini et al.'s code
+
+
+def test_improved_diffusion_layout_loads_into_the_same_family(tmp_path):
+    """improved-diffusion's CIFAR-10 keys (written by its own code) equal guided-diffusion's under the preset."""
+    published = json.loads((DATA / "improved_diffusion_cifar10_keys.json").read_text())
+    with torch.device("meta"):
+        model, diffusion = build_adm(adm_flags("cifar10-uncond"))
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == published["keys"] and published["rescale_timesteps"] is True
+    # what makes them equal: resblock_updown=False (improved-diffusion resamples with separate blocks) ...
+    with torch.device("meta"):
+        other, _ = build_adm(adm_flags("cifar10-uncond", resblock_updown=True))
+    assert set(other.state_dict()) != set(published["keys"])
+    # ... and a checkpoint under its official file name loads with the preset inferred from that name
+    state = {k: torch.randn(v) * 0.02 for k, v in published["keys"].items()}
+    torch.save(state, tmp_path / "cifar10_uncond_50M_500K.pt")
+    den = create_denoiser(f"adm:{tmp_path / 'cifar10_uncond_50M_500K.pt'}")
+    assert den.name == "cifar10-uncond" and den.flags["diffusion_steps"] == 4000 and den.timestep_scale == 0.25
+    assert [den.timestep(s) for s in (0.25, 0.5, 1.0)] == [1158, 1984, 2809]
+    with torch.no_grad():
+        out = den(torch.rand(2, 3, 32, 32) + 0.25 * torch.randn(2, 3, 32, 32), 0.25)
+    assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+
+
+def test_refusals_are_one_line(tmp_path, tiny64):
+    path = tiny64[0]
+    with pytest.raises(ValueError, match="do not match the ADM UNet of these flags.*preset="):
+        create_denoiser(f"adm:{path}")  # guided-diffusion's default flags are another network
+    with pytest.raises(ValueError, match="unknown option 'num_chanels'"):
+        create_denoiser(f"adm:{path}", num_chanels=32)
+    with pytest.raises(ValueError, match="unknown adm preset 'imagenet'"):
+        create_denoiser(f"adm:{path}", preset="imagenet")
+    with pytest.raises(ValueError, match="timestep_respacing"):
+        create_denoiser(f"adm:{path}", timestep_respacing="ddim25", **TINY64)
+    with pytest.raises(ValueError, match="class_cond"):
+        create_denoiser(f"adm:{path}", class_cond=True, **TINY64)
+    with pytest.raises(ValueError, match="cannot build a UNet"):
+        create_denoiser(f"adm:{path}", **{**TINY64, "num_channels": 30})  # GroupNorm(32) needs a multiple of 32
+    with pytest.raises(ValueError, match="is a folder"):
+        create_denoiser(f"adm:{tmp_path}")
+    with pytest.raises(ValueError, match="not a file"):
+        create_denoiser("adm:no-such-model.pt")
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        create_denoiser("adm")
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # a pickled module, not a state dict
+    with pytest.raises(ValueError, match="not a weights-only torch file"):
+        create_denoiser(f"adm:{pickled}", **TINY64)
+    pickled.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    with pytest.raises(ValueError, match="pickles are refused|state dict of tensors"):
+        create_denoiser(f"adm:{pickled}", **TINY64)
+    nested = tmp_path / "nested.pt"  # a state dict kept under "model" by a training script is fine
+    torch.save({"model": torch.load(path, weights_only=True)}, nested)
+    assert isinstance(create_denoiser(f"adm:{nested}", **TINY64), ADMDenoiser)
+    assert "adm" in list_denoisers()
+
+
+def test_size_mismatch_is_an_error_unless_an_explicit_rule_is_asked_for(tiny64):
+    path, model, diffusion = tiny64
+    den = create_denoiser(f"adm:{path}", **TINY64)
+    noisy = torch.rand(2, 3, 128, 128) + 0.5 * torch.randn(2, 3, 128, 128)
+    with pytest.raises(ValueError, match=r"works at 64x64 but the images are 128x128.*--dataset-arg size=64"):
+        den(noisy, 0.5)
+    ruled = create_denoiser(f"adm:{path}", resize="bilinear", **TINY64)
+    assert resize_noise_gain((128, 128), (64, 64), "bilinear") == pytest.approx(0.5)
+    with torch.no_grad():
+        out = ruled(noisy, 0.5)
+        # the rule: the noisy image at 64 px carries noise 0.25, so t* is the one for 0.25, not 0.5
+        x_t = math.sqrt(float(diffusion.alphas_cumprod[den.timestep(0.25)])) * (2 * resize(noisy, (64, 64), "bilinear") - 1)
+        ref = diffusion.p_mean_variance(model, x_t, torch.full((2,), den.timestep(0.25)), clip_denoised=True)["pred_xstart"]
+    torch.testing.assert_close(out, resize((ref + 1) / 2, (128, 128), "bilinear").clamp(0, 1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic", "area", "nearest"])
+@pytest.mark.parametrize("sizes", [((56, 56), (28, 28)), ((28, 28), (56, 56)), ((40, 30), (32, 32))])
+def test_resize_noise_gain_is_the_measured_noise_std(mode, sizes):
+    source, target = sizes
+    noise = torch.randn(200, 1, *source, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    measured = resize(noise, target, mode).pow(2).mean().sqrt().item()
+    assert resize_noise_gain(source, target, mode) == pytest.approx(measured, rel=0.02)
+
+
+def test_the_effective_noise_level_denoises_better_than_the_nominal_one():
+    """The issue's measurement: MNIST digits at 56 px, noise added there, resized to the DDPM's 28 px,
+    where the noise std is half of sigma: told that level, the model denoises better than told sigma."""
+    from certify.data import create_dataset
+
+    data = create_dataset("mnist5k:test")
+    big = resize(torch.stack([data[i][0] for i in range(0, 1000, 20)]), (56, 56), "bilinear")  # 50 digits
+    target = resize(big, (28, 28), "bilinear")  # the clean signal the model sees
+    den = create_denoiser("ddpm.mnist5k", resize="bilinear")
+    psnr = lambda x: -10 * math.log10(((x - target) ** 2).mean().item())  # noqa: E731
+    gain = resize_noise_gain((56, 56), (28, 28), "bilinear")
+    assert gain == pytest.approx(0.5)
+    for sigma in (0.25, 0.5):
+        noisy = big + sigma * torch.randn(big.shape, generator=torch.Generator().manual_seed(0))
+        small = resize(noisy, (28, 28), "bilinear")
+
+        def told(level: float) -> torch.Tensor:
+            t = den.timestep(level)
+            return (den.predict_x0_eps(math.sqrt(float(den.alphas_cumprod[t])) * (2 * small - 1), t)[0] + 1) / 2
+
+        with torch.no_grad():
+            right, nominal, out = told(sigma * gain), told(sigma), den(noisy, sigma)
+        torch.testing.assert_close(out, resize(right, (56, 56), "bilinear").clamp(0, 1))  # the rule picks gain * sigma
+        assert psnr(right) > psnr(nominal) + 0.7, (sigma, psnr(right), psnr(nominal))  # measured: +1.1 dB at both
+
+
+def test_certification_runs_end_to_end_with_a_tiny_adm(tmp_path):
+    from PIL import Image
+
+    _random_adm(TINY_COSINE, tmp_path / "adm.pt")
+    rng = np.random.default_rng(0)
+    for label in (0, 1):
+        (tmp_path / "images" / str(label)).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / str(label) / f"{i}.png")
+    options = {"dataset_kwargs": {"size": 32}, "denoiser_kwargs": TINY_COSINE,
+               "classifier_kwargs": {"in_channels": 3, "num_classes": 2, "image_size": 16}}
+    settings = RunSettings(classifier="small-cnn", dataset=f"imagefolder:{tmp_path / 'images'}", sigma=0.25,
+                           denoiser=f"adm:{tmp_path / 'adm.pt'}", n0=8, n=32, batch=16, options=options)
+    out = certify_dataset(settings, tmp_path / "r.tsv", device="cpu", quiet=True)
+    lines = out.read_text().splitlines()
+    assert lines[0].split("\t")[:6] == ["idx", "label", "predict", "radius", "correct", "time"] and len(lines) == 5
+    # the data at another size than the model's: refused before anything is written
+    bad = RunSettings(**{**settings.__dict__, "options": {**options, "dataset_kwargs": {"size": 40}}})
+    with pytest.raises(ValueError, match="works at 32x32 but the images are 40x40"):
+        certify_dataset(bad, tmp_path / "bad.tsv", device="cpu", quiet=True)
+    assert not (tmp_path / "bad.tsv").exists() and not (tmp_path / "bad.tsv.json").exists()
