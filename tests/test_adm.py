@@ -233,3 +233,39 @@ def test_certification_runs_end_to_end_with_a_tiny_adm(tmp_path):
     with pytest.raises(ValueError, match="works at 32x32 but the images are 40x40"):
         certify_dataset(bad, tmp_path / "bad.tsv", device="cpu", quiet=True)
     assert not (tmp_path / "bad.tsv").exists() and not (tmp_path / "bad.tsv.json").exists()
+
+
+def test_imagenet_preset_is_the_published_552m_parameter_unet():
+    with torch.device("meta"):
+        model, diffusion = build_adm(adm_flags("imagenet256-uncond"))
+    assert 552e6 < sum(p.numel() for p in model.parameters()) < 553e6
+    den = ADMDenoiser(model, diffusion, adm_flags("imagenet256-uncond"))
+    assert [den.timestep(s) for s in (0.12, 0.25, 0.5, 1.0)] == [70, 145, 259, 396]  # linear 1000 steps
+    assert den.sample_size == (256, 256) and den.timestep_scale == 1.0 and den.learned_variance
+
+
+def test_paper_diffusion_configs_run_as_published():
+    from certify.compare import load_compare_config
+
+    configs = Path(__file__).parents[1] / "recipes" / "configs"
+    imagenet = load_compare_config(configs / "paper_imagenet_diffusion.yaml")
+    assert imagenet["dataset_kwargs"]["size"] == adm_flags("imagenet256-uncond")["image_size"] == 256
+    assert (imagenet["n0"], imagenet["n"], imagenet["alpha"], imagenet["skip"]) == (100, 10_000, 0.001, 50)
+    assert {p.sigma for p in imagenet["pipelines"]} == {0.25, 0.5, 1.0}
+    assert {(p.denoiser, p.classifier) for p in imagenet["pipelines"]} == {
+        ("adm:imagenet256-uncond", "timm:beit_large_patch16_512.in22k_ft_in22k_in1k")}
+    cifar = load_compare_config(configs / "paper_cifar10_diffusion.yaml")
+    assert (cifar["n0"], cifar["n"], cifar["alpha"], cifar["skip"]) == (100, 100_000, 0.001, 20)
+    by_denoiser = {d: {p.sigma for p in cifar["pipelines"] if p.denoiser == d} for d in {p.denoiser for p in cifar["pipelines"]}}
+    assert by_denoiser == {"adm:cifar10-uncond": {0.25, 0.5, 1.0}, "ddpm:google/ddpm-cifar10-32": {0.25, 0.5, 1.0}}
+    assert adm_flags("cifar10-uncond")["image_size"] == 32  # CIFAR-10's own size: no resize in front of it
+
+
+def test_fp16_through_the_models_own_conversion_keeps_fp32_in_and_out(tiny64):
+    path = tiny64[0]
+    full, half = create_denoiser(f"adm:{path}", **TINY64), create_denoiser(f"adm:{path}", use_fp16=True, **TINY64)
+    assert half.model.input_blocks[0][0].weight.dtype == torch.float16
+    noisy = torch.rand(2, 3, 64, 64) + 0.25 * torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = full(noisy, 0.25), half(noisy, 0.25)
+    assert b.dtype == torch.float32 and (a - b).abs().max() < 1e-2

@@ -55,3 +55,18 @@ def test_sequential_mnist_tiny(tmp_path):
     assert len(table) == 2 + 5 and table[2].startswith("| 0.5 | Cohen, n = 300 | 2 | 400 |")
     same = cohen["sequential_on_same_images"]["one-sided"]
     assert f"| {same['sample_ratio']:.1f}x |" in table[4] and "one-sided, same digits" in table[4]
+
+
+def test_dds_cost_smoke(tmp_path):
+    pytest.importorskip("guided_diffusion")
+    out = tmp_path / "d.json"
+    result = _load("dds_cost").main(["--tiny", "--samples", "8", "--batch", "4", "--configs", "fp32", "bf16",
+                                     "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert [r["config"] for r in result["runs"]] == ["fp32", "bf16"]
+    for run in result["runs"]:
+        assert run["batch"] == 4 and run["samples"] == 8 and run["samples_per_s"] > 0
+        assert run["seconds_per_image_cohen"] == pytest.approx(10_100 / run["samples_per_s"])
+        for sigma, count in result["sequential_sample_counts"]["mean_samples"].items():
+            assert run["seconds_per_image_sequential"][sigma] == pytest.approx(count / run["samples_per_s"])
+    assert set(result["sequential_sample_counts"]["mean_samples"]) == {"0.25", "0.5"}  # the shipped MNIST JSON

@@ -1,0 +1,116 @@
+"""The cost of Carlini et al.'s ImageNet pipeline: ADM-256 (guided-diffusion) + BEiT-large/16-512, per image.
+
+Both networks are built with their exact architectures and random weights (the cost does not depend
+on the weights): ``adm`` with ``preset=imagenet256-uncond`` and ``timm:beit_large_patch16_512``. For each
+configuration (fp32, bf16, bf16 + torch.compile, bf16 + channels_last) it finds the largest batch that
+fits (``Smoothed.find_batch_size``), times ``Smoothed.sample_counts`` (noise, one-shot denoising at
+sigma's t*, the classifier, the counts) and reports samples/s, seconds per image in Cohen's mode at
+n0 + n = 100 + 10,000 samples (the paper's: 469 s on one A100, fp32), and the expected seconds per
+image in sequential mode at the mean sample counts measured by ``benchmarks/sequential_mnist.py``.
+
+GPU: ``python benchmarks/dds_cost.py --device cuda`` (writes benchmarks/results/dds_cost.json).
+Smoke run on a CPU: ``python benchmarks/dds_cost.py --tiny --samples 8 --out /tmp/dds.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from certify import Smoothed
+from classifiers import create_classifier
+from denoisers.adm import ADMDenoiser, adm_flags, build_adm
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"fp32": (None, False, False), "bf16": (torch.bfloat16, False, False),
+           "bf16+compile": (torch.bfloat16, True, False), "bf16+channels_last": (torch.bfloat16, False, True)}
+TINY_ADM = dict(image_size=64, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="32",
+                num_head_channels=16, learn_sigma=True)
+
+
+def sequential_sample_counts(path: Path) -> dict[str, float]:
+    """Mean samples per image of the sequential benchmark, per sigma (two-sided mixture), if it was run."""
+    if not path.is_file():
+        return {}
+    result = json.loads(path.read_text())
+    return {str(s["sigma"]): s["sequential"]["two-sided"]["mean_samples"] for s in result["sigmas"]}
+
+
+def pipeline(args, device: torch.device, config: str) -> Smoothed:
+    autocast, compile, channels_last = CONFIGS[config]
+    flags = adm_flags(**TINY_ADM) if args.tiny else adm_flags("imagenet256-uncond")
+    torch.manual_seed(0)
+    model, diffusion = build_adm(flags)
+    denoiser = ADMDenoiser(model.eval(), diffusion, flags).to(device)
+    classifier = create_classifier(args.classifier, pretrained=False).eval().to(device)
+    return Smoothed(classifier, denoiser, sigma=args.sigma, autocast_dtype=autocast, compile=compile,
+                    channels_last=channels_last)
+
+
+def measure(args, device: torch.device, config: str, sequential: dict[str, float]) -> dict:
+    g = pipeline(args, device, config)
+    size = g.denoiser.sample_size
+    x = torch.rand(3, *size, device=device)
+    batch = g.find_batch_size(tuple(x.shape), limit=args.max_batch) if args.batch == "auto" else int(args.batch)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    samples = max(batch, args.samples // batch * batch)
+    g.sample_counts(x, batch, batch, torch.Generator(device=device).manual_seed(0))  # warm-up (and compile)
+    sync()
+    start = time.perf_counter()
+    g.sample_counts(x, samples, batch, torch.Generator(device=device).manual_seed(1))
+    sync()
+    seconds = time.perf_counter() - start
+    rate = samples / seconds
+    return {
+        "config": config, "batch": batch, "samples": samples, "samples_per_s": rate,
+        "seconds_per_image_cohen": (args.n0 + args.n) / rate,
+        "seconds_per_image_sequential": {s: count / rate for s, count in sequential.items()},
+    }
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--classifier", default=None,
+                   help="classifier spec (random init); default timm:beit_large_patch16_512 (timm:resnet18 with --tiny)")
+    p.add_argument("--tiny", action="store_true", help="a tiny 64 px ADM (smoke test), not the 552M-parameter one")
+    p.add_argument("--sigma", type=float, default=0.5)
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--batch", default="auto", help="'auto' (largest that fits) or an int")
+    p.add_argument("--max-batch", type=int, default=1024)
+    p.add_argument("--samples", type=int, default=2000, help="samples per measurement")
+    p.add_argument("--n0", type=int, default=100)
+    p.add_argument("--n", type=int, default=10_000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--sequential-json", default=str(ROOT / "benchmarks/results/sequential_mnist.json"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results/dds_cost.json"))
+    args = p.parse_args(argv)
+    args.classifier = args.classifier or ("timm:resnet18" if args.tiny else "timm:beit_large_patch16_512")
+
+    device = torch.device(args.device)
+    sequential = sequential_sample_counts(Path(args.sequential_json))
+    runs = [measure(args, device, c, sequential) for c in args.configs]
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    result = {
+        "benchmark": "dds_cost", "denoiser": "adm tiny 64 px" if args.tiny else "adm preset=imagenet256-uncond",
+        "classifier": f"{args.classifier} (random init)", "sigma": args.sigma, "n0": args.n0, "n": args.n,
+        "published": {"seconds_per_image_cohen": 469, "hardware": "one A100, fp32 (Carlini et al. 2023)"},
+        "sequential_sample_counts": {"source": args.sequential_json, "mean_samples": sequential},
+        "runs": runs, "machine": machine,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
