@@ -15,15 +15,13 @@ Writes JSON (``--out``). Examples (CPU): ``python benchmarks/certify_throughput.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from certify import Smoothed
+from certify.results import machine_info, write_json
 from classifiers import create_classifier
 from denoisers import create_denoiser
 
@@ -101,19 +99,12 @@ def main(argv=None) -> dict:
 
     device = torch.device(args.device)
     runs = [measure(args, device, a, c == "on") for a in args.autocast for c in args.compile]
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "device": str(device)}
-    if device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name(device)
     result = {
         "benchmark": "certify_throughput", "model": f"timm:{args.model} (random init)", "denoiser": args.denoiser,
         "image": [3, args.size, args.size], "batch": args.batch, "samples": args.n // args.batch * args.batch,
-        "runs": runs, "machine": machine,
+        "runs": runs, "machine": machine_info(device),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_json(args.out, result, echo=True)
     return result
 
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
 
 from certify import Smoothed
+from certify.results import machine_info, write_json
 from classifiers import create_classifier
 from denoisers.adm import ADMDenoiser, adm_flags, build_adm
 
@@ -94,21 +94,14 @@ def main(argv=None) -> dict:
     device = torch.device(args.device)
     sequential = sequential_sample_counts(Path(args.sequential_json))
     runs = [measure(args, device, c, sequential) for c in args.configs]
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-               "torch": torch.__version__, "device": str(device)}
-    if device.type == "cuda":
-        machine["gpu"] = torch.cuda.get_device_name(device)
     result = {
         "benchmark": "dds_cost", "denoiser": "adm tiny 64 px" if args.tiny else "adm preset=imagenet256-uncond",
         "classifier": f"{args.classifier} (random init)", "sigma": args.sigma, "n0": args.n0, "n": args.n,
         "published": {"seconds_per_image_cohen": 469, "hardware": "one A100, fp32 (Carlini et al. 2023)"},
         "sequential_sample_counts": {"source": args.sequential_json, "mean_samples": sequential},
-        "runs": runs, "machine": machine,
+        "runs": runs, "machine": machine_info(device),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_json(args.out, result, echo=True)
     return result
 
 

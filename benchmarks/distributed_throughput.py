@@ -9,14 +9,14 @@ K-process run must produce the same TSV (apart from ``time``), which is checked 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from certify.results import machine_info, write_json
 
 
 def _run(processes: int, threads: int, out: Path, args) -> float:
@@ -58,12 +58,9 @@ def main(argv=None) -> dict:
         "samples_per_s": {"1": samples / one, str(args.processes): samples / many},
         "identical_tsv": identical,
         "note": "wall time includes process start-up and model loading (a few seconds per process)",
-        "machine": {"cpu": platform.machine(), "cores": os.cpu_count()},
+        "machine": machine_info(),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
+    write_json(args.out, result, echo=True)
     return result
 
 

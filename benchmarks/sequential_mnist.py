@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from certify import Smoothed
 from certify.data import create_dataset
+from certify.results import write_json
 from certify.sequential import MIXTURES, certify_at_many
 from classifiers import create_classifier
 from denoisers import create_denoiser
@@ -169,9 +170,7 @@ def main(argv=None) -> dict:
         "threads": args.threads, "platform": platform.platform(), "torch": torch.__version__,
         "sigmas": [run_sigma(args, s, data) for s in args.sigmas],
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_json(args.out, result, echo=True)
     print(markdown(result), end="")
     return result
 

@@ -9,7 +9,6 @@ high-probability variant subtracts alpha and a Bernstein term for the finite num
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass

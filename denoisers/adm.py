@@ -124,8 +124,8 @@ def _weights_file(identifier: str) -> Path:
 
             return Path(hf_hub_download("/".join(parts[:2]), "/".join(parts[2:])))
         except Exception as exc:
-            raise ValueError(f"adm:{identifier} is not a local file, and the hub file {parts[2:]} of "
-                             f"{'/'.join(parts[:2])} cannot be fetched ({one_line(exc)})") from None
+            raise ValueError(f"adm:{identifier} is not a local file, and the hub file {'/'.join(parts[2:])} of "
+                             f"the repo {'/'.join(parts[:2])} cannot be fetched ({one_line(exc)})") from None
     raise ValueError(f"adm:{identifier} is not a file; expected adm:PATH.pt, adm:{' / adm:'.join(OFFICIAL_URLS)}, "
                      f"adm:https://.../FILE.pt or adm:OWNER/REPO/FILE.pt on the Hugging Face Hub")
 
