@@ -29,7 +29,7 @@ from .redact import redact
 from .results import (COLUMNS, OutputLock, format_rows, manifest_path, open_append, read_manifest, read_results,
                       refuse_links, repair, shard_paths, write_atomic, write_manifest)
 from .smoothing import ABSTAIN, Smoothed
-from .stats import _check_alpha
+from .stats import check_alpha
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class RunSettings:
             raise ValueError(f"mode must be one of {', '.join(COLUMNS)}, got {self.mode!r}")
         if not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and math.isfinite(self.sigma)):
             raise ValueError(f"sigma must be a positive number (noise std in [0,1] pixel units), got {self.sigma!r}")
-        _check_alpha(self.alpha)
+        check_alpha(self.alpha)
         for name in ("n0", "n", "batch", "skip"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1) and not (name == "batch" and value == "auto"):

@@ -10,13 +10,13 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .stats import clopper_pearson_lower, radius_from_p, two_sided_binomial_pvalue, _check_alpha
+from .stats import check_alpha, clopper_pearson_lower, radius_from_p, two_sided_binomial_pvalue
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ class Smoothed(nn.Module):
         >>> Smoothed(f, sigma=0.25, num_classes=2).find_batch_size((1, 2, 2), limit=100)
         64
         """
-        self._check_counts(limit=limit, start=start)
+        self.check_counts(limit=limit, start=start)
         device = self.device
         if device.type == "cpu":
             limit = min(limit, cpu_limit)
@@ -216,7 +216,8 @@ class Smoothed(nn.Module):
                                f"in memory on {device}; pass a smaller batch size")
         return best
 
-    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+    def check_input(self, x: torch.Tensor) -> torch.Tensor:
+        """One image (C, H, W), float, in [0, 1], on this pipeline's device as fp32; else a ValueError."""
         if not isinstance(x, torch.Tensor) or x.ndim != 3:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"expected one image of shape (C, H, W), got {shape}")
@@ -228,7 +229,8 @@ class Smoothed(nn.Module):
         return x.to(self.device, torch.float32)
 
     @staticmethod
-    def _check_counts(**sizes: int) -> None:
+    def check_counts(**sizes: int) -> None:
+        """Each named sample count or batch size must be an int >= 1 (a ValueError names the first that is not)."""
         for name, value in sizes.items():
             if not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
@@ -236,37 +238,69 @@ class Smoothed(nn.Module):
     def generator(self, seed: int, index: int, stream: str) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(stream_seed(seed, index, stream))
 
+    def sample_batch(self, chunks: Sequence[tuple[torch.Tensor, int, torch.Generator]],
+                     out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The one sampling step: for each chunk ``(x, size, generator)``, ``size`` noisy copies
+        ``x + sigma * N(0, I)`` (noise fp32, drawn from that chunk's generator), all in one forward pass.
+
+        Returns the class counts per chunk, (len(chunks), K) on the device, and a 0-dim flag that is
+        true when any output was non-finite or out of range (no host sync here: the caller decides
+        when to look). ``out`` is an optional reusable buffer of at least the total size.
+        """
+        sizes = [size for _, size, _ in chunks]
+        x0 = chunks[0][0]
+        total = sum(sizes)
+        noisy = out[:total] if out is not None else torch.empty((total, *x0.shape), device=x0.device,
+                                                                 dtype=torch.float32)
+        at = 0
+        for x, size, generator in chunks:
+            part = torch.randn((size, *x.shape), generator=generator, out=noisy[at:at + size])
+            part.mul_(self.sigma).add_(x)  # x + sigma * N(0, I), in place
+            at += size
+        preds, bad = self._classify(noisy)
+        slots = preds.clamp(0, self.num_classes - 1)
+        if len(chunks) > 1:
+            owner = torch.repeat_interleave(torch.arange(len(chunks), device=preds.device),
+                                            torch.tensor(sizes, device=preds.device))
+            slots = slots + owner * self.num_classes
+        counts = torch.zeros(len(chunks) * self.num_classes, dtype=torch.long, device=preds.device)
+        counts.index_add_(0, slots, torch.ones_like(slots))
+        return counts.view(len(chunks), self.num_classes), bad
+
+    def refuse_if(self, bad: torch.Tensor, where: str) -> None:
+        """Raise `NonFiniteOutput` naming ``where`` when the flag of `sample_batch` is set (a host sync)."""
+        if bool(bad):
+            raise self._refuse(where)
+
     @torch.inference_mode()
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Counts of f(D(x + d)) over ``num`` noise draws, in eval mode.
+        """Counts of f(D(x + d)) over ``num`` noise draws, in eval mode, batch by batch (`sample_batch`).
 
         The counts stay on the device while sampling (no per-batch sync); the first batch with a
         non-finite output is tracked there too and raises `NonFiniteOutput` before any count is used.
         """
         counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
-        ones = torch.ones(batch_size, dtype=torch.long, device=x.device)
         buffer = torch.empty((min(batch_size, num), *x.shape), device=x.device, dtype=torch.float32)  # reused
         first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
         remaining, batch = num, 0
         with self.evaluating():
             while remaining > 0:
                 b = min(batch_size, remaining)
-                noise = torch.randn((b, *x.shape), generator=generator, out=buffer[:b])
-                preds, bad = self._classify(noise.mul_(self.sigma).add_(x))  # x + sigma * N(0, I), in place
+                batch_counts, bad = self.sample_batch([(x, b, generator)], out=buffer)
                 first_bad = torch.where(bad & (first_bad < 0), batch, first_bad)
-                counts.index_add_(0, preds.clamp(0, self.num_classes - 1), ones[:b])
+                counts += batch_counts[0]
                 remaining, batch = remaining - b, batch + 1
-        if int(first_bad) >= 0:
-            k = int(first_bad)
+        k = int(first_bad)
+        if k >= 0:
             raise self._refuse(f"batch {k} (noise samples {k * batch_size}..{min(num, (k + 1) * batch_size) - 1})")
         return counts
 
     def certify_full(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                      seed: int = 0, index: int = 0) -> Certificate:
         """CERTIFY with its evidence: n0 samples select cA, n fresh samples bound pA from below."""
-        self._check_counts(n0=n0, n=n, batch_size=batch_size)
-        _check_alpha(alpha)
-        x = self._check_input(x)
+        self.check_counts(n0=n0, n=n, batch_size=batch_size)
+        check_alpha(alpha)
+        x = self.check_input(x)
         counts0 = self.sample_counts(x, n0, batch_size, self.generator(seed, index, "selection"))
         cA = int(counts0.argmax())
         counts = self.sample_counts(x, n, batch_size, self.generator(seed, index, "estimation"))
@@ -285,9 +319,9 @@ class Smoothed(nn.Module):
     def predict_full(self, x: torch.Tensor, n: int, alpha: float, batch_size: int,
                      seed: int = 0, index: int = 0) -> Prediction:
         """PREDICT with its evidence: the class or -1, and the top two counts nA, nB."""
-        self._check_counts(n=n, batch_size=batch_size)
-        _check_alpha(alpha)
-        x = self._check_input(x)
+        self.check_counts(n=n, batch_size=batch_size)
+        check_alpha(alpha)
+        x = self.check_input(x)
         counts = self.sample_counts(x, n, batch_size, self.generator(seed, index, "prediction"))
         top = counts.topk(min(2, self.num_classes))
         nA, cA = int(top.values[0]), int(top.indices[0])

@@ -5,9 +5,11 @@ from __future__ import annotations
 from scipy.stats import beta, binomtest, norm
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> float:
+    """``alpha`` itself when it is a probability in (0, 1); otherwise a ValueError naming it."""
     if not (isinstance(alpha, (int, float)) and 0.0 < alpha < 1.0):
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    return alpha
 
 
 def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
@@ -20,7 +22,7 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
     >>> clopper_pearson_lower(0, 10, 0.05)
     0.0
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if not (0 <= k <= n and n >= 1):
         raise ValueError(f"need 0 <= k <= n and n >= 1, got k={k!r}, n={n!r}")
     if k == 0:
@@ -31,12 +33,13 @@ def clopper_pearson_lower(k: int, n: int, alpha: float) -> float:
 
 
 def radius_from_p(sigma: float, p_lower: float) -> float:
-    """L2 radius sigma * PhiInv(p_lower) of a smoothed classifier whose top class has prob >= p_lower.
+    """L2 radius sigma * PhiInv(p_lower) of a smoothed classifier whose top class has prob >= p_lower
+    (Cohen et al., Theorem 1); 0.0 when p_lower <= 1/2, where nothing is certified.
 
-    >>> round(radius_from_p(0.5, 0.993116), 3)
-    1.232
+    >>> round(radius_from_p(0.5, 0.993116), 3), radius_from_p(0.5, 0.4)
+    (1.232, 0.0)
     """
-    return float(sigma * norm.ppf(p_lower))
+    return float(sigma * norm.ppf(p_lower)) if p_lower > 0.5 else 0.0
 
 
 def two_sided_binomial_pvalue(k: int, n: int, p: float = 0.5) -> float:
@@ -59,4 +62,4 @@ def max_radius(sigma: float, n: int, alpha: float) -> float:
     return radius_from_p(sigma, clopper_pearson_lower(n, n, alpha))
 
 
-__all__ = ["clopper_pearson_lower", "radius_from_p", "two_sided_binomial_pvalue", "max_radius"]
+__all__ = ["check_alpha", "clopper_pearson_lower", "radius_from_p", "two_sided_binomial_pvalue", "max_radius"]

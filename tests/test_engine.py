@@ -131,7 +131,7 @@ def test_noise_is_drawn_in_fp32_before_the_classifier(autocast):
 
     x = torch.rand(1, 4, 4)
     g = Smoothed(Recorder(), sigma=0.5, autocast_dtype=autocast)
-    g.sample_counts(g._check_input(x), 4000, 4000, torch.Generator().manual_seed(0))
+    g.sample_counts(g.check_input(x), 4000, 4000, torch.Generator().manual_seed(0))
     batch = seen[0]
     assert batch.dtype == torch.float32
     noise = batch - x
