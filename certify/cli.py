@@ -14,13 +14,15 @@ from typing import Sequence
 
 from .errors import ResumableStop
 from .launch import add_training_args, training_overrides
+from .settings import AUTOCAST, MIXTURES, RUN_DEFAULTS, RunSettings
 
 log = logging.getLogger("dsmooth")
 
 
 def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
+    D = RUN_DEFAULTS  # noqa: N806 - the one place defaults come from
     p.add_argument("--classifier", required=True, help="classifier spec, e.g. small-cnn.mnist5k or timm:resnet50")
-    p.add_argument("--denoiser", default="none", help="denoiser spec (default: none)")
+    p.add_argument("--denoiser", default=D["denoiser"], help=f"denoiser spec (default: {D['denoiser']})")
     p.add_argument("--classifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword for the classifier factory, e.g. pretrained=false or endpoint=URL (repeatable)")
     p.add_argument("--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -30,26 +32,27 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--dataset", required=True, help="dataset spec, e.g. mnist5k:test, foolbox:imagenet, hf:DIR")
     p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
     if mode == "certify":
-        p.add_argument("--n0", type=int, default=100, help="selection samples (default 100)")
+        p.add_argument("--n0", type=int, default=D["n0"], help=f"selection samples (default {D['n0']})")
         p.add_argument("--mode", choices=("cohen", "sequential", "anytime"), default="cohen",
                        help="cohen: fixed n (default); sequential: anytime-valid test at each of --radii, "
                             "stopping early (n = most samples); anytime: confidence-sequence radius")
         p.add_argument("--radii", default=None, help="sequential mode: comma-separated radii to decide")
         p.add_argument("--step", type=int, default=None,
                        help="sequential/anytime: samples between checks (default: --batch)")
-        p.add_argument("--mixture", choices=("two-sided", "one-sided"), default=None,
+        p.add_argument("--mixture", choices=MIXTURES, default=None,
                        help="sequential: the betting test's prior, over all rates (two-sided, default) or only "
                             "the alternative (one-sided: fewer samples, same guarantee)")
-    p.add_argument("--n", type=int, default=100_000, help="estimation samples (default 100,000)")
-    p.add_argument("--alpha", type=float, default=0.001, help="failure probability (default 0.001)")
-    p.add_argument("--batch", type=_batch_size, default=1000,
-                   help="noise samples per forward pass (default 1000), or 'auto': the largest that fits, probed once")
-    p.add_argument("--skip", type=int, default=1, help="certify every SKIP-th image (default 1)")
+    p.add_argument("--n", type=int, default=D["n"], help=f"estimation samples (default {D['n']:,})")
+    p.add_argument("--alpha", type=float, default=D["alpha"], help=f"failure probability (default {D['alpha']})")
+    p.add_argument("--batch", type=_batch_size, default=D["batch"],
+                   help=f"noise samples per forward pass (default {D['batch']}), or 'auto': the largest that fits, "
+                        f"probed once")
+    p.add_argument("--skip", type=int, default=D["skip"], help=f"certify every SKIP-th image (default {D['skip']})")
     p.add_argument("--max", type=int, default=None, help="stop before this dataset index (as in Cohen's code)")
-    p.add_argument("--seed", type=int, default=0, help="run seed; each image's streams derive from (seed, index)")
+    p.add_argument("--seed", type=int, default=D["seed"], help="run seed; each image's streams derive from (seed, index)")
     p.add_argument("--out", required=True, help="result TSV (resumed if it exists with the same settings)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
+    p.add_argument("--autocast", choices=AUTOCAST, default=None,
                    help="run the networks in lower precision (noise stays fp32); GPU only")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the networks and batches")
     p.add_argument("--compile", action="store_true", help="run classifier o denoiser through torch.compile")
@@ -166,7 +169,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from .runs import RunSettings, certify_dataset
+    from .pipeline import certify_dataset
 
     mode = args.command if args.command == "predict" else {"cohen": "certify"}.get(args.mode, args.mode)
     sequential = {k: v for k, v in (("radii", _parse_floats(getattr(args, "radii", None), "--radii")),

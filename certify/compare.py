@@ -36,7 +36,8 @@ from typing import Any
 import yaml
 
 from .analysis import analyze, markdown_table
-from .runs import RunSettings, certify_dataset, distributed_context
+from .pipeline import certify_dataset, distributed_context
+from .settings import RUN_DEFAULTS, RunSettings
 
 _TOP_KEYS = {"name", "description", "dataset", "dataset_kwargs", "mode", "n0", "n", "alpha", "batch", "skip", "images", "seed",
              "radii", "pipelines", "device", "autocast", "channels_last", "compile", "step", "mixture"}
@@ -118,7 +119,8 @@ def _batch(value: Any) -> int | str:
 
 def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, limit: int | None = None) -> RunSettings:
     """The run settings of one pipeline: shared dataset, counts and seed; its own models and sigma."""
-    skip = int(config.get("skip", 1))
+    D = RUN_DEFAULTS  # noqa: N806
+    skip = int(config.get("skip", D["skip"]))
     images = limit if limit is not None else config.get("images")
     options: dict[str, Any] = {}
     for key in ("classifier_kwargs", "denoiser_kwargs"):
@@ -137,9 +139,9 @@ def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, l
             options[key] = config[key]
     return RunSettings(
         classifier=pipe.classifier, denoiser=pipe.denoiser, dataset=config["dataset"], sigma=pipe.sigma,
-        mode=config.get("mode", "certify"), n0=int(config.get("n0", 100)), n=int(n or config.get("n", 100_000)),
-        alpha=float(config.get("alpha", 0.001)), batch=_batch(config.get("batch", 1000)), skip=skip,
-        max=skip * int(images) if images is not None else None, seed=int(config.get("seed", 0)), options=options,
+        mode=config.get("mode", D["mode"]), n0=int(config.get("n0", D["n0"])), n=int(n or config.get("n", D["n"])),
+        alpha=float(config.get("alpha", D["alpha"])), batch=_batch(config.get("batch", D["batch"])), skip=skip,
+        max=skip * int(images) if images is not None else None, seed=int(config.get("seed", D["seed"])), options=options,
     ).validate()
 
 

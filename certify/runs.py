@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import os
-import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,102 +22,15 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .launch import warn_if_launch_ran_one_process
+# The pipeline a run's settings name is assembled in certify.pipeline; its names stay importable from here.
+from .pipeline import build_smoothed, certify_dataset, default_device, distributed_context
 from .redact import redact
 from .results import (COLUMNS, OutputLock, format_rows, manifest_path, open_append, read_manifest, read_results,
                       refuse_links, repair, shard_paths, write_atomic, write_manifest)
+from .settings import RunSettings, package_versions
 from .smoothing import ABSTAIN, Smoothed
-from .stats import check_alpha
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class RunSettings:
-    """Everything that determines a run's results (and so must match to resume it).
-
-    ``mode``: ``certify`` (Cohen's fixed n), ``predict``, ``sequential`` (decide each radius of
-    ``options["radii"]`` with an anytime-valid test, stopping early; ``n`` is the most samples it may
-    use) or ``anytime`` (the confidence-sequence radius, stopping when it stops growing).
-    ``max`` follows Cohen's code: images are dataset indices 0, skip, 2 skip, ... below ``max``.
-    The batch size is part of it: the noise of one image is drawn batch by batch from its own
-    stream, so another batch size draws other (equally valid) noise. ``batch="auto"`` probes the
-    largest batch that fits once per run (:meth:`Smoothed.find_batch_size`) and keeps it in the
-    manifest, so a resumed run reuses it.
-
-    >>> RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, n=100).validate().mode
-    'certify'
-    """
-
-    classifier: str
-    dataset: str
-    sigma: float
-    denoiser: str = "none"
-    mode: str = "certify"
-    n0: int = 100
-    n: int = 100_000
-    alpha: float = 0.001
-    batch: int | str = 1000
-    skip: int = 1
-    max: int | None = None
-    seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)  # autocast, channels_last, compile, batch ("auto"),
-    # {classifier,denoiser,dataset}_kwargs, label_from_api, radii, step, mixture
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "RunSettings":
-        """Settings from a config mapping; an unknown key is an error that names it."""
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown run setting(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**config).validate()
-
-    def validate(self) -> "RunSettings":
-        if self.mode not in COLUMNS:
-            raise ValueError(f"mode must be one of {', '.join(COLUMNS)}, got {self.mode!r}")
-        if not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and math.isfinite(self.sigma)):
-            raise ValueError(f"sigma must be a positive number (noise std in [0,1] pixel units), got {self.sigma!r}")
-        check_alpha(self.alpha)
-        for name in ("n0", "n", "batch", "skip"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1) and not (name == "batch" and value == "auto"):
-                expected = "an int >= 1 or 'auto'" if name == "batch" else "an int >= 1"
-                raise ValueError(f"{name} must be {expected}, got {value!r}")
-        if self.max is not None and not (isinstance(self.max, int) and self.max >= 1):
-            raise ValueError(f"max must be an int >= 1 (a dataset index bound), got {self.max!r}")
-        if self.mode == "sequential":
-            radii = self.options.get("radii")
-            if not radii or not all(isinstance(r, (int, float)) and r > 0 for r in radii):
-                raise ValueError(f"sequential mode needs positive radii (options['radii'] / --radii), got {radii!r}")
-            from .sequential import MIXTURES
-
-            mixture = self.options.get("mixture", MIXTURES[0])
-            if mixture not in MIXTURES:
-                raise ValueError(f"mixture must be {' or '.join(map(repr, MIXTURES))}, got {mixture!r}")
-        return self
-
-    def indices(self, dataset_len: int) -> list[int]:
-        stop = dataset_len if self.max is None else min(self.max, dataset_len)
-        return list(range(0, stop, self.skip))
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of Python, this package, its main dependencies and every installed plugin distribution."""
-    from importlib.metadata import PackageNotFoundError, entry_points, version
-
-    out = {"python": platform.python_version()}
-    for name in ("denoised-smoothing", "torch", "torchvision", "timm", "diffusers", "transformers",
-                 "accelerate", "scipy", "datasets"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    for kind in ("denoisers", "classifiers", "datasets"):  # third-party plugins shape the results too
-        for ep in entry_points(group=f"denoised_smoothing.{kind}"):
-            if ep.dist is not None and ep.dist.name not in out:
-                out[ep.dist.name] = ep.dist.version
-    return out
-
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -132,7 +43,7 @@ def _check_resume(out: Path, settings: RunSettings) -> dict[str, Any] | None:
         if out.exists() or shard_paths(out):
             raise ValueError(f"{out} exists without its manifest {manifest_path(out).name}; refusing to append to it")
         return None
-    old, new = manifest.get("settings", {}), redact(asdict(settings))
+    old, new = manifest.get("settings", {}), redact(settings.record())
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise ValueError(
@@ -209,7 +120,7 @@ def run_certification(
         raise ValueError(f"--out must name a .tsv file, got {str(out)!r}")
     refuse_links(out, manifest_path(out))
     indices = settings.indices(len(dataset))
-    if not settings.options.get("label_from_api"):
+    if not settings.options.label_from_api:
         _check_labels(dataset, indices, smoothed.num_classes, settings.dataset)
     check_size = getattr(smoothed.denoiser, "check_image_size", None)  # a diffusion model's resolution
     if check_size is not None and indices:
@@ -254,7 +165,7 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, i
         for path in [out, *shard_paths(out)]:  # drop torn or foreign lines before anyone reads
             repair(path, columns, allowed)
         manifest = {
-            "settings": redact(asdict(settings)), "columns": list(columns), "versions": package_versions(),
+            "settings": redact(settings.record()), "columns": list(columns), "versions": package_versions(),
             "command": redact(" ".join(sys.argv)), "world_size": world_size, "start_time": _now(),
             "end_time": None, **redact(extra_manifest or {}),
         }
@@ -286,7 +197,7 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, i
             for idx in bar:
                 x, label = dataset[idx]
                 start = time.perf_counter()
-                if settings.options.get("label_from_api"):
+                if settings.options.label_from_api:
                     label = smoothed.classifier.clean_label(x)  # ground truth: the API's top label on the clean image
                 result = _certify_one(smoothed, settings, x, idx)
                 fh.write(_format_line(settings.mode, idx, int(label), result, time.perf_counter() - start))
@@ -314,7 +225,7 @@ def _resolve_batch(smoothed: Smoothed, dataset, settings: RunSettings, out: Path
     that fits; with several processes all take the smallest, so every image sees the same batches."""
     if settings.batch != "auto":
         return settings
-    options = {**settings.options, "batch": "auto"}
+    options = replace(settings.options, batch="auto")
     old = (read_manifest(out) or {}).get("settings", {})
     if old.get("options", {}).get("batch") == "auto" and isinstance(old.get("batch"), int):
         return replace(settings, batch=old["batch"], options=options)
@@ -335,11 +246,11 @@ def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, idx: int) 
         return smoothed.predict_full(x, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
     from . import sequential
 
-    step = s.options.get("step")
+    step = s.options.step
     if s.mode == "sequential":
-        return sequential.certify_at(smoothed, x, sorted(s.options["radii"]), s.alpha, max_n=s.n, batch_size=s.batch,
+        return sequential.certify_at(smoothed, x, sorted(s.options.radii), s.alpha, max_n=s.n, batch_size=s.batch,
                                      seed=s.seed, index=idx, n0=s.n0, step=step,
-                                     mixture=s.options.get("mixture", "two-sided"))
+                                     mixture=s.options.mixture or "two-sided")
     return sequential.certify_anytime(smoothed, x, s.alpha, max_n=s.n, batch_size=s.batch, seed=s.seed, index=idx,
                                       n0=s.n0, step=step)
 
@@ -357,88 +268,7 @@ def _merge(out: Path, columns: Sequence[str], allowed: set[int]) -> None:
         path.unlink()
 
 
-def default_device(device: str | None = None) -> torch.device:
-    """The torch device to run on: the one named (checked), else cuda when there is one, else cpu."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a torch device; expected cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu "
-                         f"(or leave --device out to pick the GPU when there is one)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return dev
 
 
-def build_smoothed(settings: RunSettings, device: str | None = None,
-                   runtime_kwargs: dict[str, Any] | None = None) -> Smoothed:
-    """The smoothed pipeline a run's settings name, built through the plugin registries.
-
-    ``runtime_kwargs`` go to the classifier without being part of the run's identity (a remote API's
-    cache folder, query budget, concurrency).
-
-    >>> s = RunSettings(classifier="small-cnn", dataset="digits", sigma=0.5)
-    >>> build_smoothed(s).sigma
-    0.5
-    """
-    from classifiers import create_classifier
-    from denoisers import create_denoiser
-
-    dev = default_device(device)
-    kwargs = {**settings.options.get("classifier_kwargs", {}), **(runtime_kwargs or {})}
-    classifier = create_classifier(settings.classifier, **kwargs).eval().to(dev)
-    denoiser = create_denoiser(settings.denoiser, **settings.options.get("denoiser_kwargs", {})).eval().to(dev)
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[settings.options.get("autocast")]
-    return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=autocast,
-                    channels_last=bool(settings.options.get("channels_last")),
-                    compile=bool(settings.options.get("compile")))
-
-
-def distributed_context(device: str | None = None) -> tuple[int, int, Callable[[], None], torch.device]:
-    """(rank, world size, barrier, device): Accelerate's view when launched with ``accelerate launch``.
-
-    A plain ``python`` run is rank 0 of 1 on ``device`` (default cuda if available, else cpu).
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        # Under torchrun (`accelerate launch --multi_gpu`) without CUDA, Accelerate must be told to use
-        # CPU processes (gloo); otherwise every process would believe it runs alone.
-        use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
-        state = PartialState(cpu=use_cpu)
-        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
-    warn_if_launch_ran_one_process(1)
-    return 0, 1, lambda: None, default_device(device)
-
-
-def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str | None = None,
-                    quiet: bool = False, runtime_kwargs: dict[str, Any] | None = None) -> Path:
-    """Build the pipeline and dataset a run's settings name and certify it into ``out``.
-
-    The one entry point behind ``dsmooth certify``/``predict``, ``recipes/certify.py`` and ``compare``:
-    under ``accelerate launch`` the images are split across the processes and merged at the end.
-    """
-    from .data import create_dataset, map_folder_labels
-
-    settings.validate()
-    rank, world_size, barrier, dev = distributed_context(device)
-    runtime_kwargs = dict(runtime_kwargs or {})
-    if settings.classifier.startswith("remote:"):
-        # Every answer is cached beside the results: a resumed or repeated run re-sends nothing.
-        runtime_kwargs.setdefault("cache_dir", str(Path(out).with_suffix(".api-cache")))
-    elif settings.options.get("label_from_api"):
-        raise ValueError(f"label_from_api needs a remote classifier, got {settings.classifier!r}")
-    smoothed = build_smoothed(settings, device=str(dev), runtime_kwargs=runtime_kwargs)
-    dataset = create_dataset(settings.dataset, **settings.options.get("dataset_kwargs", {}))
-    if not settings.options.get("label_from_api"):
-        if not getattr(smoothed.classifier, "differentiable", True) and hasattr(smoothed.classifier, "clean_label"):
-            raise ValueError(f"{settings.classifier} answers with its own label strings, which are not the class ids "
-                             f"of {settings.dataset}: every image would count as wrong. Pass --label-from-api "
-                             f"(ground truth = the API's top label on the clean image, as Salman et al.)")
-        map_folder_labels(dataset, getattr(smoothed.classifier, "labels", [str(i) for i in range(smoothed.num_classes)]))
-    describe = getattr(smoothed.classifier, "describe", None)
-    return run_certification(smoothed, dataset, settings, out, quiet=quiet, rank=rank, world_size=world_size,
-                             barrier=barrier, extra_manifest={"classifier_details": describe()} if describe else None)
+__all__ = ["RunSettings", "build_smoothed", "certify_dataset", "default_device", "distributed_context",
+           "package_versions", "run_certification"]

@@ -1,0 +1,105 @@
+"""The pipeline a run's settings name, assembled: devices, processes, plugins, dataset, then the run.
+
+`certify_dataset` is the one entry point behind ``dsmooth certify``/``predict``, the recipes and
+``compare``; under ``accelerate launch`` the images are split across the processes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .launch import warn_if_launch_ran_one_process
+from .settings import RunSettings
+from .smoothing import Smoothed
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
+
+
+def default_device(device: str | None = None) -> torch.device:
+    """The torch device to run on: the one named (checked), else cuda when there is one, else cpu."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a torch device; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA GPU on this machine; use --device cpu "
+                         f"(or leave --device out to pick the GPU when there is one)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
+
+
+def build_smoothed(settings: RunSettings, device: str | None = None,
+                   runtime_kwargs: dict[str, Any] | None = None) -> Smoothed:
+    """The smoothed pipeline a run's settings name, built through the plugin registries.
+
+    ``runtime_kwargs`` go to the classifier without being part of the run's identity (a remote API's
+    cache folder, query budget, concurrency).
+
+    >>> s = RunSettings(classifier="small-cnn", dataset="digits", sigma=0.5)
+    >>> build_smoothed(s).sigma
+    0.5
+    """
+    from classifiers import create_classifier
+    from denoisers import create_denoiser
+
+    dev = default_device(device)
+    kwargs = {**settings.options.classifier_kwargs, **(runtime_kwargs or {})}
+    classifier = create_classifier(settings.classifier, **kwargs).eval().to(dev)
+    denoiser = create_denoiser(settings.denoiser, **settings.options.denoiser_kwargs).eval().to(dev)
+    return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=AUTOCAST_DTYPES[settings.options.autocast],
+                    channels_last=settings.options.channels_last, compile=settings.options.compile)
+
+
+def distributed_context(device: str | None = None) -> tuple[int, int, Callable[[], None], torch.device]:
+    """(rank, world size, barrier, device): Accelerate's view when launched with ``accelerate launch``.
+
+    A plain ``python`` run is rank 0 of 1 on ``device`` (default cuda if available, else cpu).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        # Under torchrun (`accelerate launch --multi_gpu`) without CUDA, Accelerate must be told to use
+        # CPU processes (gloo); otherwise every process would believe it runs alone.
+        use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+        state = PartialState(cpu=use_cpu)
+        return state.process_index, state.num_processes, state.wait_for_everyone, state.device
+    warn_if_launch_ran_one_process(1)
+    return 0, 1, lambda: None, default_device(device)
+
+
+def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str | None = None,
+                    quiet: bool = False, runtime_kwargs: dict[str, Any] | None = None) -> Path:
+    """Build the pipeline and dataset a run's settings name and certify it into ``out``.
+
+    The one entry point behind ``dsmooth certify``/``predict``, ``recipes/certify.py`` and ``compare``:
+    under ``accelerate launch`` the images are split across the processes and merged at the end.
+    """
+    from .data import create_dataset, map_folder_labels
+    from .runs import run_certification
+
+    settings.validate()
+    rank, world_size, barrier, dev = distributed_context(device)
+    runtime_kwargs = dict(runtime_kwargs or {})
+    if settings.classifier.startswith("remote:"):
+        # Every answer is cached beside the results: a resumed or repeated run re-sends nothing.
+        runtime_kwargs.setdefault("cache_dir", str(Path(out).with_suffix(".api-cache")))
+    elif settings.options.label_from_api:
+        raise ValueError(f"label_from_api needs a remote classifier, got {settings.classifier!r}")
+    smoothed = build_smoothed(settings, device=str(dev), runtime_kwargs=runtime_kwargs)
+    dataset = create_dataset(settings.dataset, **settings.options.dataset_kwargs)
+    if not settings.options.label_from_api:
+        if not getattr(smoothed.classifier, "differentiable", True) and hasattr(smoothed.classifier, "clean_label"):
+            raise ValueError(f"{settings.classifier} answers with its own label strings, which are not the class ids "
+                             f"of {settings.dataset}: every image would count as wrong. Pass --label-from-api "
+                             f"(ground truth = the API's top label on the clean image, as Salman et al.)")
+        map_folder_labels(dataset, getattr(smoothed.classifier, "labels", [str(i) for i in range(smoothed.num_classes)]))
+    describe = getattr(smoothed.classifier, "describe", None)
+    return run_certification(smoothed, dataset, settings, out, quiet=quiet, rank=rank, world_size=world_size,
+                             barrier=barrier, extra_manifest={"classifier_details": describe()} if describe else None)
