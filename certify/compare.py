@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from .analysis import analyze, markdown_table
+from .config import read_config
 from .pipeline import certify_dataset, distributed_context
 from .settings import RUN_DEFAULTS, RunSettings
 
@@ -68,17 +68,7 @@ def load_compare_config(path: str | os.PathLike) -> dict[str, Any]:
     'none'
     """
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"compare config {str(path)!r} does not exist")
-    try:
-        config = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    unknown = sorted(set(config) - _TOP_KEYS)
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(_TOP_KEYS)}")
+    config = read_config(path, known=_TOP_KEYS, what="compare config")
     for key in ("dataset", "pipelines"):
         if key not in config:
             raise ValueError(f"{path}: missing required key {key!r}")

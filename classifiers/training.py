@@ -93,20 +93,10 @@ def load_training_config(path: str | Path, defaults: Mapping[str, Any],
     (3, 5, True)
     >>> os.unlink(f.name)
     """
-    import yaml
+    from certify.config import read_config
 
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a mapping of keys to values, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(defaults))
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {unknown}; expected some of {sorted(defaults)}")
+    raw = read_config(path, known=defaults, what="config file")
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     cfg = {**defaults, **raw, **given}
     cfg["output_dir"] = cfg.get("output_dir") or f"runs/{path.stem}"

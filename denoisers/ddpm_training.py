@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 from .ddpm import timestep_for_sigma
@@ -46,15 +45,10 @@ def load_training_config(path: str | Path, overrides: dict[str, Any] | None = No
     """
     from classifiers.training import check_not_in_package
 
+    from certify.config import read_config
+
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"training config {str(path)!r} does not exist")
-    try:
-        cfg = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path} must hold a YAML mapping, got {type(cfg).__name__}")
+    cfg = read_config(path, what="training config")
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     unsupported = sorted(set(given) - {"output_dir", "work_dir", "epochs"})
     if unsupported:
