@@ -142,14 +142,12 @@ def _parse_kwargs(pairs: Sequence[str], flag: str) -> dict:
 
 def cmd_list(args: argparse.Namespace) -> None:
     if args.kind == "denoisers":
-        from denoisers import DENOISERS, list_denoisers
+        from denoisers import DENOISERS
 
-        list_denoisers()
         rows = DENOISERS.summaries(args.pattern)
     elif args.kind == "classifiers":
-        from classifiers import CLASSIFIERS, list_architectures, list_classifiers
+        from classifiers import CLASSIFIERS, list_architectures
 
-        list_classifiers()
         rows = CLASSIFIERS.summaries(args.pattern)
         architectures = list_architectures(args.pattern)
         if args.pattern != "*":  # the model zoos' names too (random init offline; pretrained where weights load)

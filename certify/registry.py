@@ -1,9 +1,12 @@
 """One plugin registry, used by `denoisers`, `classifiers` and the dataset specs.
 
 A *spec* is ``family`` or ``family:identifier``; the family names a registered factory, the
-identifier (a path, a hub id, a model name) is handed to it. Bundled pretrained weights are
-registered as their own names in timm's ``architecture.tag`` style, so ``list_*("*mnist*")``
-finds them. Third-party packages add factories through an entry-point group.
+identifier (a path, a hub id, a model name) is handed to it. Built-in plugins are found in their
+package: every module there that calls ``register_<kind>(...)`` is imported on first use, so a new
+file is enough. Bundled pretrained weights (``PACKAGE/pretrained/NAME/bundle.json``) are registered
+as their own names in timm's ``architecture.tag`` style, so ``list_*("*mnist*")`` finds them.
+Third-party packages add factories through an entry-point group; a name that is already taken is
+refused (by ``register``) or reported and ignored (an entry point), never silently replaced.
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import importlib
 import inspect
 import json
 import logging
+import pkgutil
 import re
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,42 @@ def refuse_unknown_options(options: Iterable[str], accepted: Sequence[str], what
                          f"{what}; it takes {', '.join(accepted) if accepted else 'no options'}")
 
 
+def plugin_modules(package: str, kind: str) -> list[str]:
+    """The modules of ``package`` (subpackages included, private ``_names`` not) whose source calls
+    ``register_<kind>(``: the built-in plugins, found without importing the rest (trainers, helpers).
+
+    >>> "denoisers.dncnn" in plugin_modules("denoisers", "denoiser")
+    True
+    >>> "denoisers.training" in plugin_modules("denoisers", "denoiser")
+    False
+    """
+    root = importlib.import_module(package)
+    pattern = re.compile(rf"\bregister_{kind}\s*\(")
+    found = []
+    for info in pkgutil.iter_modules(root.__path__):
+        if info.name.startswith("_"):
+            continue
+        folder = Path(root.__path__[0]) / info.name
+        source = folder / "__init__.py" if info.ispkg else folder.with_suffix(".py")
+        if source.is_file() and pattern.search(source.read_text(encoding="utf-8", errors="replace")):
+            found.append(f"{package}.{info.name}")
+    return sorted(found)
+
+
+def entry_spec(entry: str | Mapping[str, Any]) -> str:
+    """The spec of a config entry: a spec string, or ``{spec: ..., kwargs: {...}}``.
+
+    >>> entry_spec({"spec": "small-cnn", "kwargs": {"width": 4}}), entry_spec("timm:resnet18")
+    ('small-cnn', 'timm:resnet18')
+    """
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, Mapping) and isinstance(entry.get("spec"), str) and set(entry) <= {"spec", "kwargs"} \
+            and isinstance(entry.get("kwargs") or {}, Mapping):
+        return entry["spec"]
+    raise ValueError(f"an entry must be a spec string or {{spec: ..., kwargs: {{...}}}}, got {entry!r}")
+
+
 def factory_options(factory: Factory) -> list[str] | None:
     """The options a factory takes (its keyword parameters besides ``identifier``); None when it also
     takes ``**kwargs`` (it hands them on, and what they reach decides) or has no readable signature."""
@@ -85,30 +126,62 @@ class Registry:
     ('square', 3)
     >>> reg.list("sq*")
     ['square']
+    >>> reg.create_entry({"spec": "square", "kwargs": {"side": 2}})
+    ('square', 2)
     """
 
-    def __init__(self, kind: str, entry_point_group: str | None) -> None:
+    def __init__(self, kind: str, entry_point_group: str | None, package: str | None = None) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.package = package  # where the built-in plugins live (found by plugin_modules)
         self._entries: dict[str, Entry] = {}
         self._plugin_sources: dict[str, str] = {}  # name -> the distribution that registered it
+        self._builtins_loaded = package is None
         self._plugins_loaded = entry_point_group is None
 
+    def _holder(self, name: str) -> str:
+        if name in self._plugin_sources:
+            return f"the plugin from {self._plugin_sources[name]}"
+        module = getattr(self._entries[name].factory, "__module__", None) or "?"
+        if self.package is None:
+            return f"the built-in {self.kind}"
+        return f"the built-in {self.kind} ({module})" if self._is_builtin(module) else module
+
+    def _is_builtin(self, module: str | None) -> bool:
+        return bool(self.package and module and (module == self.package or module.startswith(self.package + ".")))
+
     def register(self, name: str, summary: str = "") -> Callable[[Factory], Factory]:
-        """Decorator: register ``factory(identifier=None, **kwargs)`` under ``name``."""
+        """Decorator: register ``factory(identifier=None, **kwargs)`` under ``name``.
+
+        A name already taken (a built-in included: they are loaded first) is refused, naming its holder.
+        """
         if not name or ":" in name:
             raise ValueError(f"{self.kind} name must be non-empty and contain no ':', got {name!r}")
 
         def decorator(factory: Factory) -> Factory:
+            if not self._is_builtin(getattr(factory, "__module__", None)):
+                self._load_builtins()  # so that a clash with a built-in is seen now, whatever the order
             if name in self._entries and self._entries[name].factory is not factory:
-                raise ValueError(f"{self.kind} {name!r} is already registered")
+                raise ValueError(f"{self.kind} {name!r} is already registered by {self._holder(name)}; "
+                                 f"register yours under another name")
             doc = summary or next(iter((factory.__doc__ or "").strip().splitlines()), "")
             self._entries[name] = Entry(name, factory, doc)
             return factory
 
         return decorator
 
+    def _load_builtins(self) -> None:
+        """Import every plugin module of the package, then name its shipped weights (once)."""
+        if self._builtins_loaded:
+            return
+        self._builtins_loaded = True
+        for module in plugin_modules(self.package, self.kind):
+            importlib.import_module(module)
+        root = importlib.import_module(self.package)
+        self.register_bundled(Path(root.__path__[0]) / "pretrained")
+
     def _load_plugins(self) -> None:
+        self._load_builtins()
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
@@ -122,10 +195,8 @@ class Registry:
             if ep.name in self._entries:  # the first keeps its name (a built-in always); the other is reported
                 if self._entries[ep.name].factory is obj:  # one package seen twice on the path
                     continue
-                holder = (f"the plugin from {self._plugin_sources[ep.name]}" if ep.name in self._plugin_sources
-                          else f"the built-in {self.kind}")
                 log.warning("%s plugin %r from %s collides with %s of that name and is ignored; its package "
-                            "should register it under another name", self.kind, ep.name, dist, holder)
+                            "should register it under another name", self.kind, ep.name, dist, self._holder(ep.name))
             elif not callable(obj):
                 log.warning("%s plugin %r from %s is not callable (a factory make(identifier=None, **kwargs) "
                             "is expected) and is ignored", self.kind, ep.name, dist)
@@ -167,8 +238,15 @@ class Registry:
                 raise
             raise ValueError(f"unknown option {bad.group(1)!r} for {self.kind} {spec!r} ({exc})") from None
 
+    def create_entry(self, entry: str | Mapping[str, Any]) -> Any:
+        """Build what a config entry names: a spec string, or ``{spec: ..., kwargs: {...}}``."""
+        spec = entry_spec(entry)
+        kwargs = dict(entry.get("kwargs") or {}) if isinstance(entry, Mapping) else {}
+        return self.create(spec, **kwargs)
+
     def list(self, pattern: str = "*") -> list[str]:
-        """Registered names matching a shell-style wildcard pattern, sorted."""
+        """Registered names matching a shell-style wildcard pattern, sorted (built-ins, shipped weights and
+        entry-point plugins)."""
         self._load_plugins()
         return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
 

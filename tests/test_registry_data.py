@@ -54,14 +54,85 @@ def test_third_party_plugins_arrive_through_entry_points(tmp_path, monkeypatch):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-denoiser\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[denoised_smoothing.denoisers]\nacme-blur = acme_denoiser:make\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    import denoisers
-
-    fresh = Registry("denoiser", entry_point_group="denoised_smoothing.denoisers")
-    monkeypatch.setattr(denoisers, "DENOISERS", fresh)
+    fresh = Registry("denoiser", entry_point_group="denoised_smoothing.denoisers")  # as denoisers.DENOISERS, unloaded
     fresh.register("none")(lambda identifier=None: None)
-    assert "acme-blur" in denoisers.list_denoisers("acme*")
-    out = denoisers.create_denoiser("acme-blur")(torch.full((1, 1, 2, 2), 2.0), 0.25)
+    assert "acme-blur" in fresh.list("acme*")
+    out = fresh.create("acme-blur")(torch.full((1, 1, 2, 2), 2.0), 0.25)
     assert float(out.max()) == 1.0
+
+
+def _plugin_package(root, name: str, files: dict[str, str]) -> str:
+    """A throwaway package ``name`` under ``root`` whose face is a Registry(package=name), plus ``files``."""
+    folder = root / name
+    folder.mkdir()
+    (folder / "__init__.py").write_text(textwrap.dedent(f"""
+        from certify.registry import Registry
+        GADGETS = Registry("gadget", entry_point_group=None, package={name!r})
+        register_gadget = GADGETS.register
+    """))
+    for file, text in files.items():
+        (folder / file).write_text(textwrap.dedent(text))
+    return name
+
+
+def test_a_new_plugin_file_is_found_without_editing_a_list(tmp_path, monkeypatch):
+    name = _plugin_package(tmp_path, "gadget_pkg_a", {
+        "cube.py": """
+            from . import register_gadget
+            @register_gadget("cube")
+            def make(identifier=None, side=1):
+                return ("cube", side)
+        """,
+        "helpers.py": "raise RuntimeError('a module that registers nothing is never imported')\n",
+        "_private.py": "from . import register_gadget\nregister_gadget('hidden')(lambda identifier=None: 0)\n",
+    })
+    (tmp_path / name / "pretrained" / "cube.tiny").mkdir(parents=True)
+    (tmp_path / name / "pretrained" / "cube.tiny" / "bundle.json").write_text('{"family": "cube", "summary": "s"}')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    reg = importlib.import_module(name).GADGETS
+    assert reg.list() == ["cube", "cube.tiny"]
+    assert reg.create("cube", side=2) == ("cube", 2)
+    assert reg.create("cube.tiny") == ("cube", 1)  # the bundled name resolves to cube:DIR
+    assert sorted(m for m in sys.modules if m.startswith(name)) == [name, f"{name}.cube"]
+
+
+def test_a_plugin_taking_a_built_in_name_is_refused_naming_the_holder(tmp_path, monkeypatch):
+    name = _plugin_package(tmp_path, "gadget_pkg_b", {
+        "cube.py": """
+            from . import register_gadget
+            @register_gadget("cube")
+            def make(identifier=None):
+                return "built-in cube"
+        """,
+    })
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    reg = importlib.import_module(name).GADGETS
+    # registered from outside before anything was listed: the built-ins load first, so the clash shows now
+    with pytest.raises(ValueError, match=rf"gadget 'cube' is already registered by the built-in gadget "
+                                         rf"\({name}.cube\); register yours under another name"):
+        reg.register("cube")(lambda identifier=None: "mine")
+    assert reg.create("cube") == "built-in cube"
+    reg.register("cube-mine")(lambda identifier=None: "mine")
+    assert reg.list() == ["cube", "cube-mine"]
+
+
+def test_the_real_packages_find_their_plugins():
+    from certify.registry import plugin_modules
+
+    assert plugin_modules("denoisers", "denoiser") == [
+        "denoisers.adm", "denoisers.ddpm", "denoisers.dncnn", "denoisers.ffdnet", "denoisers.identity", "denoisers.memnet"]
+    assert plugin_modules("classifiers", "classifier") == [
+        "classifiers.efficientnet_lite", "classifiers.hf_models", "classifiers.remote", "classifiers.small_cnn",
+        "classifiers.timm_models", "classifiers.torchvision_models"]
+    from denoisers import DENOISERS
+
+    with pytest.raises(ValueError, match=r"denoiser 'dncnn' is already registered by the built-in denoiser "
+                                         r"\(denoisers\.\w+\)"):
+        DENOISERS.register("dncnn")(lambda identifier=None: None)
 
 
 def test_bundled_names_resolve_to_their_family(tmp_path):
