@@ -9,7 +9,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -41,17 +41,26 @@ def resolve_dir(dir_or_id: str | os.PathLike) -> Path:
 
 def save_checkpoint(module: torch.nn.Module, config: dict[str, Any], directory: str | os.PathLike,
                     dtype: torch.dtype | None = None) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` (optionally cast to ``dtype``, e.g. fp16)."""
+    """Write ``config.json`` and ``model.safetensors`` (optionally cast to ``dtype``, e.g. fp16).
+
+    Each file is written beside its final name and renamed into place, so a run killed while saving
+    leaves the previous checkpoint whole.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
              for k, v in module.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_NAME))
-    (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tmp = directory / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp))
+    tmp.replace(directory / WEIGHTS_NAME)
+    tmp = directory / (CONFIG_NAME + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tmp.replace(directory / CONFIG_NAME)
     return directory
 
 
 def load_config(dir_or_id: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The folder a checkpoint spec resolves to and the JSON object in its ``config.json``."""
     directory = resolve_dir(dir_or_id)
     cfg_path = directory / CONFIG_NAME
     if not cfg_path.is_file():
@@ -201,3 +210,71 @@ def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], 
         raise ValueError(f"{source} do not match {against}: " + "; ".join(parts) + (f". {hint}" if hint else ""))
     module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
     return module
+
+
+class ConfigCheckpoint:
+    """Mixin for ``nn.Module``s whose config travels with their weights: the one save/load mechanism of
+    every trained family here (``config.json`` with an ``architecture`` field + ``model.safetensors``).
+
+    A subclass sets ``architecture`` and a ``config`` (a dict of its constructor's keyword arguments,
+    with ``architecture``); :meth:`checkpoint_class` may pick a subclass by the stored architecture.
+
+    >>> import tempfile
+    >>> class Tiny(ConfigCheckpoint, torch.nn.Linear):
+    ...     architecture = "tiny"
+    ...     def __init__(self, width=2):
+    ...         super().__init__(width, 1)
+    ...         self.config = {"architecture": "tiny", "width": width}
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = Tiny(width=3).save_pretrained(d)
+    ...     Tiny.from_pretrained(d).in_features
+    3
+    """
+
+    architecture: ClassVar[str] = ""
+    config: dict[str, Any]
+
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (``dtype=torch.float16`` halves the size)."""
+        return save_checkpoint(self, self.config, directory, dtype=dtype)
+
+    @classmethod
+    def factory(cls, what: str | None = None, **defaults: Any) -> Callable[..., Any]:
+        """A registry factory: ``family`` builds a fresh ``cls(**defaults, **options)`` (size-checked);
+        ``family:DIR`` (or a hub id) loads a checkpoint, whose config fixes the network."""
+        what = what or cls.architecture
+
+        def create(identifier: str | None = None, **kwargs: Any):
+            if identifier is None:
+                options = {**defaults, **kwargs}
+                return build_checked(lambda: cls(**options), f"{what} with options {kwargs}")
+            if kwargs:
+                raise ValueError(f"a {what} checkpoint ({identifier}) takes no options, got {sorted(kwargs)}: "
+                                 f"its config fixes the network")
+            return cls.from_pretrained(identifier)
+
+        create.__doc__ = f"{what}: fresh with options, or loaded from a checkpoint folder / hub id."
+        create.__module__ = cls.__module__  # the registry tells built-ins by the module they come from
+        return create
+
+    @classmethod
+    def checkpoint_class(cls, architecture: Any, directory: Path) -> type:
+        """The class that builds a checkpoint of ``architecture`` (by default: this one, and only its own)."""
+        if architecture != cls.architecture:
+            raise ValueError(f"{directory} holds a {architecture!r} checkpoint, expected {cls.architecture!r}")
+        return cls
+
+    @classmethod
+    def from_pretrained(cls, dir_or_id: str | os.PathLike):
+        """Load a checkpoint folder or hub id: build from ``config.json`` (size-checked), then load the weights."""
+        directory, config = load_config(dir_or_id)
+        arch = config.get("architecture")
+        target = cls.checkpoint_class(arch, directory)
+        kwargs = {k: v for k, v in config.items() if k != "architecture"}
+        try:
+            model = build_checked(lambda: target(**kwargs), f"config.json in {directory}")
+        except OversizedNetwork:
+            raise
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a JSON Infinity as a size
+            raise ValueError(f"config.json in {directory} does not describe a {arch}: {exc}") from None
+        return load_weights_into(model, directory).eval()

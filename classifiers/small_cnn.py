@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import inspect
 import numbers
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from certify.checkpoint import OversizedNetwork, build_checked, load_config, load_weights_into, save_checkpoint
+from certify.checkpoint import ConfigCheckpoint
 from certify.registry import refuse_unknown_options
 
 from . import register_classifier
@@ -27,13 +25,16 @@ def _net(in_channels: int, num_classes: int, width: int, image_size: int) -> nn.
     )
 
 
-class SmallCNN(ImageClassifier):
-    """Two conv blocks and two linear layers; its config travels with its weights.
+class SmallCNN(ConfigCheckpoint, ImageClassifier):
+    """Two conv blocks and two linear layers; its config travels with its weights (``save_pretrained`` /
+    ``from_pretrained`` of :class:`certify.checkpoint.ConfigCheckpoint`).
 
     >>> clf = SmallCNN(in_channels=1, num_classes=10)
     >>> clf(torch.rand(4, 1, 28, 28)).shape
     torch.Size([4, 10])
     """
+
+    architecture = "small-cnn"
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, image_size: int = 28,
                  mean: float = 0.1307, std: float = 0.3081, labels: list[str] | None = None,
@@ -52,32 +53,17 @@ class SmallCNN(ImageClassifier):
         self.config = dict(architecture="small-cnn", in_channels=in_channels, num_classes=num_classes,
                            width=width, image_size=image_size, mean=mean, std=std, labels=self.labels, **extra)
 
-    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        return save_checkpoint(self, self.config, directory, dtype=dtype)
-
-    @classmethod
-    def from_pretrained(cls, dir_or_id: str | os.PathLike) -> "SmallCNN":
-        directory, config = load_config(dir_or_id)
-        if config.get("architecture") != "small-cnn":
-            raise ValueError(f"{directory} holds a {config.get('architecture')!r} checkpoint, expected 'small-cnn'")
-        config = {k: v for k, v in config.items() if k != "architecture"}
-        try:
-            model = build_checked(lambda: cls(**config), f"config.json in {directory}")
-        except OversizedNetwork:
-            raise
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ValueError(f"config.json in {directory} does not describe a small-cnn: {exc}") from None
-        return load_weights_into(model, directory).eval()
 
 
 @register_classifier("small-cnn", summary="small-cnn[:DIR], LeNet-style CNN for MNIST-sized images")
 def create_small_cnn(identifier: str | None = None, **kwargs: Any) -> SmallCNN:
+    """``small-cnn`` with options (in_channels, num_classes, width, image_size, mean, std, labels), or
+    ``small-cnn:DIR`` for a trained one."""
     if identifier is None:
         params = inspect.signature(SmallCNN).parameters.items()
         options = [name for name, p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
         refuse_unknown_options(kwargs, options, "classifier 'small-cnn'")  # **extra is for configs, not typos
-        return build_checked(lambda: SmallCNN(**kwargs), f"small-cnn with options {kwargs}")
-    if kwargs:
-        raise ValueError(f"a small-cnn checkpoint ({identifier}) takes no options, got {sorted(kwargs)}: "
-                         f"its config fixes the network")
-    return SmallCNN.from_pretrained(identifier)
+    return _create(identifier, **kwargs)
+
+
+_create = SmallCNN.factory()

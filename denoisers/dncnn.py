@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import register_denoiser
-from .trained import TrainedDenoiser, make_factory
+from .trained import TrainedDenoiser
 
 
 class DnCNN(TrainedDenoiser):
@@ -66,6 +66,6 @@ class DnCNN(TrainedDenoiser):
 
 
 register_denoiser("dncnn", summary="dncnn[:DIR|HUB_ID], DnCNN depth 17, 64 features (fresh, or a checkpoint)")(
-    make_factory(DnCNN))
+    DnCNN.factory())
 register_denoiser("dncnn-wide", summary="dncnn-wide[:DIR|HUB_ID], DnCNN depth 17, 128 features")(
-    make_factory(DnCNN, features=128))
+    DnCNN.factory("dncnn-wide", features=128))

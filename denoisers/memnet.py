@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from . import register_denoiser
-from .trained import TrainedDenoiser, make_factory
+from .trained import TrainedDenoiser
 
 
 class BNReLUConv(nn.Module):
@@ -93,4 +93,4 @@ class MemNet(TrainedDenoiser):
 
 
 register_denoiser("memnet", summary="memnet[:DIR|HUB_ID], MemNet, 64 features, 3 memory blocks x 6 residual blocks")(
-    make_factory(MemNet))
+    MemNet.factory())

@@ -9,7 +9,6 @@ the ``architecture`` field of their ``config.json`` when loaded.
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from certify.checkpoint import OversizedNetwork, build_checked, load_config, load_weights_into, save_checkpoint
+from certify.checkpoint import ConfigCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +27,13 @@ ARCHITECTURES: dict[str, type["TrainedDenoiser"]] = {}
 PROVENANCE_KEYS = ("sigma", "objective", "dataset", "classifiers", "training")
 
 
-class TrainedDenoiser(nn.Module):
+class TrainedDenoiser(ConfigCheckpoint, nn.Module):
     """Base class: ``forward(noisy, sigma)`` -> denoised image in [0, 1], same shape.
 
     Subclasses set ``architecture`` and build their layers from keyword arguments, which become
     ``self.arch_config``; the provenance (trained sigma, objective, dataset, classifier specs)
-    lives in ``self.provenance`` and travels with the weights.
+    lives in ``self.provenance`` and travels with the weights (``save_pretrained`` /
+    ``from_pretrained`` of :class:`certify.checkpoint.ConfigCheckpoint`).
     """
 
     architecture: ClassVar[str] = ""
@@ -95,52 +95,20 @@ class TrainedDenoiser(nn.Module):
             warnings.warn(msg, UserWarning, stacklevel=3)
             log.warning(msg)
 
-    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (``dtype=torch.float16`` halves the size).
+    @classmethod
+    def checkpoint_class(cls, architecture: Any, directory: Path) -> type["TrainedDenoiser"]:
+        """Any registered architecture; called on a subclass, only that one (or its own subclasses).
 
         >>> import tempfile
         >>> from denoisers.dncnn import DnCNN
-        >>> net = DnCNN(in_channels=1, depth=3, features=4, sigma=0.5)
         >>> with tempfile.TemporaryDirectory() as d:
-        ...     _ = net.save_pretrained(d)
+        ...     _ = DnCNN(in_channels=1, depth=3, features=4, sigma=0.5).save_pretrained(d)
         ...     TrainedDenoiser.from_pretrained(d).sigma
         0.5
         """
-        return save_checkpoint(self, self.config, directory, dtype=dtype)
-
-    @classmethod
-    def from_pretrained(cls, dir_or_id: str | os.PathLike) -> "TrainedDenoiser":
-        """Load a checkpoint folder or hub id; the class is chosen by the config's ``architecture``.
-
-        Called on a subclass, the checkpoint must hold that architecture.
-        """
-        directory, config = load_config(dir_or_id)
-        arch = config.get("architecture")
-        if not isinstance(arch, str) or arch not in ARCHITECTURES:
-            raise ValueError(f"{directory} holds architecture {arch!r}; expected one of {sorted(ARCHITECTURES)}")
-        target = ARCHITECTURES[arch]
+        if not isinstance(architecture, str) or architecture not in ARCHITECTURES:
+            raise ValueError(f"{directory} holds architecture {architecture!r}; expected one of {sorted(ARCHITECTURES)}")
+        target = ARCHITECTURES[architecture]
         if cls is not TrainedDenoiser and not issubclass(target, cls):
-            raise ValueError(f"{directory} holds a {arch!r} checkpoint, expected {cls.architecture!r}")
-        kwargs = {k: v for k, v in config.items() if k != "architecture"}
-        try:
-            model = build_checked(lambda: target(**kwargs), f"config.json in {directory}")
-        except OversizedNetwork:
-            raise
-        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a JSON Infinity as a size
-            raise ValueError(f"config.json in {directory} does not describe a valid {arch!r}: {exc}") from None
-        return load_weights_into(model, directory).eval()
-
-
-def make_factory(cls: type[TrainedDenoiser], **defaults: Any):
-    """A registry factory: ``family`` builds a fresh ``cls(**defaults, **kwargs)``; ``family:DIR`` loads one."""
-
-    def factory(identifier: str | None = None, **kwargs: Any) -> TrainedDenoiser:
-        if identifier is None:
-            options = {**defaults, **kwargs}
-            return build_checked(lambda: cls(**options), f"{cls.architecture} with options {kwargs}")
-        if kwargs:
-            raise ValueError(f"a {cls.architecture} checkpoint takes no options, got {sorted(kwargs)}")
-        return cls.from_pretrained(identifier)
-
-    factory.__doc__ = f"{cls.architecture} denoiser: fresh with options, or loaded from a checkpoint folder / hub id."
-    return factory
+            raise ValueError(f"{directory} holds a {architecture!r} checkpoint, expected {cls.architecture!r}")
+        return target
