@@ -52,6 +52,23 @@ class TensorImages(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(self.images[i], dtype=np.float32) / self.scale), self.targets[i]
 
 
+def resize_and_crop(img: Any, size: int) -> Any:
+    """The one preprocessing of photos, for training and certification alike: the shorter side to
+    ``size`` (PIL bicubic, antialiased), then the central ``size x size`` square.
+
+    >>> from PIL import Image
+    >>> resize_and_crop(Image.new("RGB", (64, 48)), 32).size
+    (32, 32)
+    """
+    from PIL import Image
+
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
 class PILImages(torch.utils.data.Dataset):
     """Images decoded lazily from PIL images (a datasets ``Dataset`` column or a list of files)."""
 
@@ -79,14 +96,8 @@ class PILImages(torch.utils.data.Dataset):
         except Exception as exc:  # PIL: truncated or not an image at all
             raise ValueError(f"image {i} of {self.name} cannot be decoded ({exc}); remove or replace that file") from None
         img = img.convert(self.mode or ("RGB" if img.mode not in ("L", "RGB") else img.mode))
-        if self.size is not None:  # shorter side to `size` (bicubic, antialiased), then the central square
-            from PIL import Image
-
-            w, h = img.size
-            scale = self.size / min(w, h)
-            img = img.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
-            left, top = (img.size[0] - self.size) // 2, (img.size[1] - self.size) // 2
-            img = img.crop((left, top, left + self.size, top + self.size))
+        if self.size is not None:
+            img = resize_and_crop(img, self.size)
         arr = np.asarray(img, dtype=np.float32) / 255.0
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(arr)), self.targets[i]

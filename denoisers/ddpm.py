@@ -105,7 +105,8 @@ class DDPMDenoiser(DiffusionDenoiser):
         try:
             self.unet.save_pretrained(directory / "unet", safe_serialization=True)
         finally:
-            self.unet.to(original)
+            if dtype is not None:
+                self.unet.to(original)
         self.scheduler.save_pretrained(directory / "scheduler")
         index = {"_class_name": "DDPMPipeline", "unet": ["diffusers", type(self.unet).__name__],
                  "scheduler": ["diffusers", type(self.scheduler).__name__]}

@@ -6,7 +6,7 @@ the training loss, the PSNR of the denoised held-out images (and of the noisy on
 the accuracy of the classifier under noise with and without the denoiser; the run folder is a
 loadable checkpoint after every epoch, and ``resume=True`` continues a killed run.
 
-Config keys (defaults in :data:`DENOISER_DEFAULTS`, shared ones in ``classifiers.training``):
+Config keys (defaults in :data:`DENOISER_DEFAULTS`, shared ones in :mod:`certify.training`):
 ``denoiser`` / ``denoiser_kwargs`` build a fresh denoiser, or ``init_from`` (a denoiser spec or
 folder) starts from a trained one (required by ``stab+mse``); ``objective``; ``sigma``;
 ``classifiers`` (entries the objective trains through: one for white-box, several surrogates rotated
@@ -26,18 +26,19 @@ import torch
 from torch import nn
 
 from certify.checkpoint import load_config
+from certify.registry import entry_spec
 from certify.smoothing import check_sigma
-from classifiers.training import (
-    COMMON_DEFAULTS, build_classifier, entry_spec, export_bundle, freeze,
-    load_training_config, load_training_state, make_accelerator, make_loaders, make_optimizer,
-    run_epochs,
-)
+from certify.training import (COMMON_DEFAULTS, export_bundle, freeze, load_training_config, load_training_state,
+                              make_accelerator, make_loaders, make_optimizer, run_epochs)
+from classifiers import CLASSIFIERS
 
 from . import create_denoiser
 from .objectives import ClassifierRotation, denoiser_loss, get_objective
 from .trained import TrainedDenoiser
 
 log = logging.getLogger(__name__)
+
+build_classifier = CLASSIFIERS.create_entry  # a config entry (spec, or {spec, kwargs}) -> a classifier
 
 DENOISER_DEFAULTS: dict[str, Any] = {
     **COMMON_DEFAULTS,
@@ -163,16 +164,17 @@ def train_from_config(path: str, resume: bool = False, overrides: dict[str, Any]
     else:
         eval_classifier = classifiers[0] if classifiers else None
 
-    optimizer, scheduler, start_epoch, steps = make_optimizer(denoiser.parameters(), cfg, state)
     train_loader, eval_loader = make_loaders(cfg)
-    denoiser, optimizer, train_loader = accelerator.prepare(denoiser, optimizer, train_loader)
+    denoiser, train_loader = accelerator.prepare(denoiser, train_loader)
+    optimizer, schedule, start_epoch, steps = make_optimizer(denoiser.parameters(), cfg, len(train_loader), state)
+    optimizer = accelerator.prepare(optimizer)
 
     def evaluate(unwrapped):
         if eval_loader is None:
             return {}
         return evaluate_denoiser(unwrapped, eval_classifier, eval_loader, sigma, device, cfg["eval_seed"])
 
-    run_epochs(accelerator, denoiser, optimizer, scheduler, train_loader, cfg, out, start_epoch, steps,
+    run_epochs(accelerator, denoiser, optimizer, schedule, train_loader, cfg, out, start_epoch, steps,
                lambda clean, labels: denoiser_loss(objective, denoiser, clean, labels, sigma, rotation.next()),
                evaluate, desc=f"{objective.name} sigma={sigma:g} ")
     main = accelerator.is_main_process

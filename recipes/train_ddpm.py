@@ -3,8 +3,9 @@
     accelerate launch recipes/train_ddpm.py --config recipes/configs/ddpm_mnist5k.yaml
 
 The same library call as ``denoisers.ddpm_training.train_ddpm_from_config``; runs unchanged on a
-CPU, one GPU or many (Accelerate). ``--resume`` continues from ``work_dir/checkpoint``;
-``--output-dir`` (the exported pipeline) and ``--epochs`` override the config.
+CPU, one GPU or many (Accelerate), on the same trainer kit as the other recipes: ``--resume``
+continues a killed run from its last finished epoch; ``--output-dir``, ``--export-dir``, ``--epochs``
+and ``--max-steps`` override the config.
 """
 
 from certify.launch import training_main

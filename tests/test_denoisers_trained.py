@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from classifiers import create_classifier
-from classifiers.training import freeze
+from certify.training import freeze
 from denoisers import create_denoiser, list_denoisers
 from denoisers.dncnn import DnCNN
 from denoisers.memnet import MemNet

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from certify.launch import requested_processes
-from classifiers.training import COMMON_DEFAULTS, load_training_config
+from certify.training import COMMON_DEFAULTS, load_training_config
 from denoisers import create_denoiser
 from denoisers.training import DENOISER_DEFAULTS, train_from_config
 
@@ -55,10 +55,12 @@ def test_non_finite_loss_stops_training_without_saving(tmp_path, monkeypatch):
 def test_shipped_configs_never_write_into_the_package():
     for config in sorted((ROOT / "recipes" / "configs").glob("*.yaml")):
         raw = yaml.safe_load(config.read_text())
-        if "train_dataset" not in raw:  # certification / compare / DDPM configs
+        if "train_dataset" not in raw:  # certification / compare configs
             continue
-        cfg = load_training_config(config, {**DENOISER_DEFAULTS, **COMMON_DEFAULTS, "classifier": None,
-                                            "noise_sigma": 0.0})
+        from denoisers.ddpm_training import DDPM_DEFAULTS
+
+        cfg = load_training_config(config, {**DENOISER_DEFAULTS, **DDPM_DEFAULTS, **COMMON_DEFAULTS,
+                                            "classifier": None, "noise_sigma": 0.0})
         for key in ("output_dir", "export_dir"):
             if cfg[key]:
                 assert not str(Path(cfg[key])).startswith(("denoisers", "classifiers", "certify")), (config, key)
@@ -107,7 +109,7 @@ def test_init_from_a_folder_works_in_a_fresh_process(tmp_path):
 
 
 def test_accelerate_precision_setting_is_not_overridden(tmp_path):
-    code = ("from classifiers.training import make_accelerator, COMMON_DEFAULTS\n"
+    code = ("from certify.training import make_accelerator, COMMON_DEFAULTS\n"
             "print(make_accelerator({**COMMON_DEFAULTS, 'cpu': True}).mixed_precision)\n"
             "from accelerate.state import AcceleratorState; AcceleratorState._reset_state(True)\n"
             "print(make_accelerator({**COMMON_DEFAULTS, 'cpu': True, 'mixed_precision': 'no'}).mixed_precision)\n")

@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from classifiers import create_classifier
-from classifiers.training import load_training_state, train_classifier_from_config
+from certify.training import load_training_state
+from classifiers.training import train_classifier_from_config
 from denoisers import create_denoiser
 from denoisers.dncnn import DnCNN
 from denoisers.training import DENOISER_DEFAULTS, train_from_config
@@ -192,7 +193,7 @@ def test_shipped_denoisers_denoise_and_help_the_classifier(name, mnist_test):
 
 
 def test_check_ranks_agree_catches_desynchronised_weights():
-    from classifiers.training import check_ranks_agree
+    from certify.training import check_ranks_agree
 
     class TwoRanks:  # what Accelerate's gather would return from two processes
         num_processes, device = 2, "cpu"
@@ -217,14 +218,13 @@ def test_ddpm_recipe_two_processes_then_resume(tmp_path):
     """recipes/train_ddpm.py under `accelerate launch` with two CPU processes: weights stay in sync
     (checked before every checkpoint), the main process exports, and --resume continues the epochs."""
     cfg = {
-        "summary": "tiny", "output_dir": str(tmp_path / "export"), "work_dir": str(tmp_path / "work"),
-        "dataset": "digits", "seed": 0,
+        "summary": "tiny", "output_dir": str(tmp_path / "run"), "export_dir": str(tmp_path / "export"),
+        "train_dataset": "digits", "seed": 0,
         "unet": {"sample_size": 8, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
                  "block_out_channels": [8, 16], "down_block_types": ["DownBlock2D", "DownBlock2D"],
                  "up_block_types": ["UpBlock2D", "UpBlock2D"], "norm_num_groups": 4, "add_attention": False},
         "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": "epsilon"},
-        "training": {"epochs": 1, "batch_size": 60, "learning_rate": 0.001, "num_threads": 1,
-                     "timestep_sigma_range": [0.12, 1.0]},
+        "epochs": 1, "batch_size": 60, "lr": 0.001, "num_threads": 1, "timestep_sigma_range": [0.12, 1.0],
     }
     config = write_yaml(tmp_path / "ddpm.yaml", cfg)
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -233,14 +233,19 @@ def test_ddpm_recipe_two_processes_then_resume(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    state = tmp_path / "work" / "trainer_state.json"
-    assert json.loads(state.read_text())["epoch"] == 1
-    # 360 digits, two processes, batch 60, drop_last: 3 steps each per epoch (the EMA counts them)
-    assert json.loads(state.read_text())["ema_step"] == 3
+    state = load_training_state(tmp_path / "run")
+    assert state["epoch"] == 0
+    # 360 digits, two processes, batch 60: 3 steps each per epoch (the EMA counts them)
+    assert state["steps"] == 3 and state["extra"]["ema_step"] == 3
     assert create_denoiser(f"ddpm:{tmp_path / 'export'}")(torch.rand(2, 1, 8, 8), 0.25).shape == (2, 1, 8, 8)
+    assert create_denoiser(f"ddpm:{tmp_path / 'run'}")(torch.rand(2, 1, 8, 8), 0.25).shape == (2, 1, 8, 8)
+    assert json.loads((tmp_path / "export" / "bundle.json").read_text()) == {"family": "ddpm", "summary": "tiny"}
 
-    cfg["training"]["epochs"] = 2
+    cfg["epochs"] = 2
     write_yaml(tmp_path / "ddpm.yaml", cfg)
     proc = subprocess.run(launch + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(state.read_text()) | {"loss": None} == {"epoch": 2, "ema_step": 6, "loss": None}
+    state = load_training_state(tmp_path / "run")
+    assert (state["epoch"], state["steps"], state["extra"]["ema_step"]) == (1, 6, 6)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
