@@ -78,7 +78,7 @@ def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str |
                     quiet: bool = False, runtime_kwargs: dict[str, Any] | None = None) -> Path:
     """Build the pipeline and dataset a run's settings name and certify it into ``out``.
 
-    The one entry point behind ``dsmooth certify``/``predict``, ``recipes/certify.py`` and ``compare``:
+    The one entry point behind ``dsmooth certify``/``predict``, ``recipes/certify_dataset.py`` and ``compare``:
     under ``accelerate launch`` the images are split across the processes and merged at the end.
     """
     from .data import create_dataset, map_folder_labels
@@ -93,13 +93,19 @@ def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str |
     elif settings.options.label_from_api:
         raise ValueError(f"label_from_api needs a remote classifier, got {settings.classifier!r}")
     smoothed = build_smoothed(settings, device=str(dev), runtime_kwargs=runtime_kwargs)
-    dataset = create_dataset(settings.dataset, **settings.options.dataset_kwargs)
-    if not settings.options.label_from_api:
-        if not getattr(smoothed.classifier, "differentiable", True) and hasattr(smoothed.classifier, "clean_label"):
-            raise ValueError(f"{settings.classifier} answers with its own label strings, which are not the class ids "
-                             f"of {settings.dataset}: every image would count as wrong. Pass --label-from-api "
-                             f"(ground truth = the API's top label on the clean image, as Salman et al.)")
-        map_folder_labels(dataset, getattr(smoothed.classifier, "labels", [str(i) for i in range(smoothed.num_classes)]))
-    describe = getattr(smoothed.classifier, "describe", None)
-    return run_certification(smoothed, dataset, settings, out, quiet=quiet, rank=rank, world_size=world_size,
-                             barrier=barrier, extra_manifest={"classifier_details": describe()} if describe else None)
+    try:
+        dataset = create_dataset(settings.dataset, **settings.options.dataset_kwargs)
+        if not settings.options.label_from_api:
+            if not getattr(smoothed.classifier, "differentiable", True) and hasattr(smoothed.classifier, "clean_label"):
+                raise ValueError(f"{settings.classifier} answers with its own label strings, which are not the class ids "
+                                 f"of {settings.dataset}: every image would count as wrong. Pass --label-from-api "
+                                 f"(ground truth = the API's top label on the clean image, as Salman et al.)")
+            labels = getattr(smoothed.classifier, "labels", [str(i) for i in range(smoothed.num_classes)])
+            map_folder_labels(dataset, labels)
+        describe = getattr(smoothed.classifier, "describe", None)
+        return run_certification(smoothed, dataset, settings, out, quiet=quiet, rank=rank, world_size=world_size,
+                                 barrier=barrier, extra_manifest={"classifier_details": describe()} if describe else None)
+    finally:  # a remote classifier's threads and answer cache; anything else with close() too
+        close = getattr(smoothed.classifier, "close", None)
+        if callable(close):
+            close()

@@ -14,7 +14,8 @@ from PIL import Image
 
 from certify.cli import main
 from certify.data import create_dataset, map_folder_labels
-from classifiers.remote.client import Adapter, RemoteClassifier, RemoteError, Retryable, parse_retry_after
+from classifiers.remote.adapters import Adapter, RemoteError, Retryable, parse_retry_after
+from classifiers.remote.client import RemoteClassifier
 from classifiers.small_cnn import SmallCNN
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -210,3 +210,33 @@ def test_bad_options_are_value_errors(monkeypatch):
         create_classifier("remote:clarifai")
     with pytest.raises(ValueError, match="budget"):
         create_classifier("remote:http", endpoint="http://127.0.0.1:1/x", budget=-1)
+
+
+def test_close_releases_threads_and_cache_and_a_run_calls_it(tmp_path, monkeypatch):
+    with FaultyVisionServer(keys=SERVER_KEYS, faults={}) as server:
+        clf = create_classifier("remote:http", cache_dir=str(tmp_path / "cache"), **_endpoint("http", server.url), **FAST)
+        first = clf(_images()[0][None])
+        clf.close()
+        clf.close()  # idempotent
+        assert clf._pool is None and clf.cache._db is None
+        assert torch.equal(clf(_images()[0][None]), first)  # answered from memory, nothing re-sent
+        assert server.total == 1
+
+    import certify.pipeline as pipeline
+    from certify.settings import RunSettings
+
+    closed = []
+
+    class Closing(nn.Module):
+        num_classes = 10
+
+        def forward(self, x):
+            return torch.zeros(len(x), 10).index_fill_(1, torch.tensor([3]), 1.0)
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(pipeline, "build_smoothed", lambda *a, **k: Smoothed(Closing(), sigma=0.25))
+    settings = RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, n0=10, n=20, batch=20, max=1)
+    pipeline.certify_dataset(settings, tmp_path / "run.tsv", quiet=True)
+    assert closed == [True]

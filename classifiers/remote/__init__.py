@@ -22,10 +22,12 @@ from .. import register_classifier
 from .aws import Rekognition
 from .azure import AzureVision
 from .clarifai import Clarifai
-from .client import (NONE_LABEL, Adapter, AnswerCache, BudgetExceeded, LabelVocabulary, RemoteClassifier,
-                     RemoteError, decode_png, encode_png)
+from .adapters import Adapter, RemoteError
+from .cache import AnswerCache, LabelVocabulary
+from .client import BudgetExceeded, RemoteClassifier
 from .google import GoogleVision
 from .http import HttpJSON
+from .wire import NONE_LABEL, decode_png, encode_png
 
 ADAPTERS: dict[str, type[Adapter]] = {"google": GoogleVision, "azure": AzureVision, "aws": Rekognition,
                                       "clarifai": Clarifai, "http": HttpJSON}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 
-from .client import Labels, RemoteError, Adapter, Retryable, parse_retry_after
+from .adapters import Adapter, RemoteError, Retryable, parse_retry_after
+from .wire import Labels
 
 _RETRY_CODES = {"ThrottlingException", "ProvisionedThroughputExceededException", "InternalServerError",
                 "ServiceUnavailableException", "LimitExceededException"}

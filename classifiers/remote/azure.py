@@ -8,7 +8,8 @@ Credentials: ``VISION_KEY`` (or ``AZURE_VISION_KEY``); the resource endpoint fro
 
 from __future__ import annotations
 
-from .client import Labels, RestAdapter, Retryable, credential
+from .adapters import RestAdapter, Retryable, credential
+from .wire import Labels
 
 
 class AzureVision(RestAdapter):

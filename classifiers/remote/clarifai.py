@@ -7,7 +7,8 @@ Request: ``POST {endpoint}/v2/users/{user_id}/apps/{app_id}/models/{model_id}/ou
 
 from __future__ import annotations
 
-from .client import Labels, RemoteError, RestAdapter, Retryable, b64, credential
+from .adapters import RemoteError, RestAdapter, Retryable, credential
+from .wire import Labels, b64
 
 _OK = 10000
 

@@ -1,10 +1,8 @@
 """The one layer around every remote vision API: a hard-label classifier with retries, a rate limit,
-a query budget, an on-disk answer cache and a label vocabulary.
-
-What goes over the wire: each noisy image is **clipped to [0,1]**, quantized to 8 bits
-(``round(255 x)``) and encoded as a PNG (lossless, deterministic bytes). Smoothing noise is unbounded,
-so clipping is what any image format forces; it is part of the base classifier f, applied after the
-noise like any other preprocessing, so the certificate stays valid.
+a query budget, an on-disk answer cache and a label vocabulary. Its parts: the PNG wire format
+(``wire.py``), the vendor adapters and their errors (``adapters.py``), the cache and the vocabulary
+(``cache.py``); the client here ties them together. ``close()`` (or ``with``) releases the threads and
+the cache; the run loop calls it when a run ends.
 
 Why each piece:
 
@@ -26,265 +24,33 @@ Why each piece:
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures as cf
-import email.utils
-import hashlib
-import io
-import json
 import logging
 import os
 import random
-import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
 from certify.errors import ResumableStop
 from certify.redact import redact
-from certify.results import write_atomic
+
+from .adapters import Adapter, RemoteError, Retryable
+from .cache import AnswerCache, LabelVocabulary
+from .wire import NONE_LABEL, Labels, encode_png
 
 log = logging.getLogger(__name__)
-
-NONE_LABEL = "none"
-Labels = list  # ranked [(name, score), ...], best first
-
-
-class RemoteError(ResumableStop):
-    """The API refused a query for good (bad credentials, bad request) or retries ran out."""
 
 
 class BudgetExceeded(ResumableStop):
     """Sending the next queries would exceed the run's query budget; nothing was sent."""
 
 
-class Retryable(Exception):
-    """A transient failure (429, 5xx, timeout, connection error, malformed answer)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date).
-
-    >>> parse_retry_after("3"), parse_retry_after(None), parse_retry_after("soon")
-    (3.0, None, None)
-    """
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-        return max(0.0, seconds) if seconds == seconds else None  # inf stays inf: "not soon"
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def encode_png(image: torch.Tensor) -> bytes:
-    """One image (C, H, W), clipped to [0,1], quantized to uint8 and PNG-encoded (deterministic bytes).
-
-    >>> png = encode_png(torch.full((3, 2, 2), 2.0))
-    >>> png[:4], decode_png(png).max().item()
-    (b'\\x89PNG', 1.0)
-    """
-    from PIL import Image
-
-    if image.ndim != 3 or image.shape[0] not in (1, 3):
-        raise ValueError(f"expected an image (C, H, W) with 1 or 3 channels, got shape {tuple(image.shape)}")
-    arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
-    pil = Image.fromarray(arr[..., 0], mode="L") if arr.shape[2] == 1 else Image.fromarray(arr, mode="RGB")
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
-
-
-def decode_png(data: bytes) -> torch.Tensor:
-    """PNG bytes back to a float image (C, H, W) in [0,1] (what the API sees)."""
-    from PIL import Image
-
-    arr = np.asarray(Image.open(io.BytesIO(data)), dtype=np.float32) / 255.0
-    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr))
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-class Adapter:
-    """One vendor's request and response format. Subclasses set ``vendor`` and implement ``query``.
-
-    ``query(png, timeout)`` returns the ranked labels ``[(name, score), ...]`` (empty: no label), raises
-    ``Retryable`` for transient failures and ``RemoteError`` for permanent ones. It must never put a
-    credential into an exception message.
-    """
-
-    vendor = "base"
-
-    def api_id(self) -> str:
-        """What identifies the answers (vendor, endpoint, model options); part of the cache key."""
-        raise NotImplementedError
-
-    def query(self, png: bytes, timeout: float) -> Labels:
-        raise NotImplementedError
-
-    def describe(self) -> dict[str, Any]:
-        return {"vendor": self.vendor, "api": self.api_id()}
-
-
-class RestAdapter(Adapter):
-    """Shared plumbing for vendors called with plain HTTPS + JSON (one ``requests`` session per thread)."""
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def _session(self):
-        import requests
-
-        if getattr(self._local, "session", None) is None:
-            self._local.session = requests.Session()
-        return self._local.session
-
-    def post(self, url: str, timeout: float, headers: dict[str, str], **body: Any) -> Any:
-        """POST and return the decoded JSON; transient failures become ``Retryable``."""
-        import requests
-
-        try:
-            resp = self._session().post(url, headers=headers, timeout=timeout, **body)
-        except requests.Timeout as exc:
-            raise Retryable(f"{self.vendor}: timed out after {timeout:g} s") from exc
-        except requests.ConnectionError as exc:
-            raise Retryable(f"{self.vendor}: connection error ({type(exc).__name__})") from exc
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise Retryable(f"{self.vendor}: HTTP {resp.status_code}", parse_retry_after(resp.headers.get("Retry-After")))
-        if resp.status_code in (401, 403):
-            raise RemoteError(f"{self.vendor} refused the query: HTTP {resp.status_code} (not authorized): check the "
-                              f"API credentials in the environment")
-        if resp.status_code >= 400:
-            raise RemoteError(f"{self.vendor} refused the query: HTTP {resp.status_code} {resp.text[:200]!r}")
-        try:
-            return resp.json()
-        except ValueError as exc:
-            raise Retryable(f"{self.vendor}: malformed JSON answer ({len(resp.content)} bytes)") from exc
-
-
-def credential(*names: str, required: bool = True, vendor: str = "") -> str | None:
-    """The first set environment variable among ``names`` (its value is never logged)."""
-    for name in names:
-        value = os.environ.get(name)
-        if value:
-            return value
-    if required:
-        raise ValueError(f"{vendor} needs a credential in the environment variable {' or '.join(names)}")
-    return None
-
-
-class LabelVocabulary:
-    """Label strings -> stable class ids (first appearance order, "none" = 0), saved as JSON.
-
-    >>> v = LabelVocabulary(capacity=4)
-    >>> v.id("cat"), v.id("dog"), v.id("cat"), v.id("none"), v.labels
-    (1, 2, 1, 0, ['none', 'cat', 'dog'])
-    """
-
-    def __init__(self, capacity: int = 1024, path: str | os.PathLike | None = None) -> None:
-        if not (isinstance(capacity, int) and capacity >= 2):
-            raise ValueError(f"vocabulary capacity must be an int >= 2, got {capacity!r}")
-        self.capacity = capacity
-        self.path = Path(path) if path is not None else None
-        self._ids: dict[str, int] = {NONE_LABEL: 0}
-        self._lock = threading.Lock()
-        if self.path is not None and self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            labels = saved["labels"] if isinstance(saved, dict) else saved
-            if not labels or labels[0] != NONE_LABEL or len(labels) > capacity:
-                raise ValueError(f"{self.path} is not a label vocabulary for capacity {capacity}")
-            self._ids = {name: i for i, name in enumerate(labels)}
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self._ids)
-
-    def id(self, label: str) -> int:
-        with self._lock:
-            if label not in self._ids:
-                if len(self._ids) >= self.capacity:
-                    raise ValueError(f"label vocabulary is full ({self.capacity} labels); cannot add {label!r}: "
-                                     "raise num_classes")
-                self._ids[label] = len(self._ids)
-                self.save()
-            return self._ids[label]
-
-    def save(self, path: str | os.PathLike | None = None) -> None:
-        target = Path(path) if path is not None else self.path
-        if target is None:
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(target, json.dumps({"capacity": self.capacity, "labels": self.labels}, indent=1) + "\n")
-
-
-class AnswerCache:
-    """Every answer ever received, keyed by sha256(api id, PNG bytes); in memory when ``directory`` is None."""
-
-    FILE = "answers.sqlite"
-
-    def __init__(self, directory: str | os.PathLike | None = None) -> None:
-        self._memory: dict[str, Labels] = {}
-        self._db = None
-        if directory is not None:
-            Path(directory).mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(Path(directory) / self.FILE), check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process
-            self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, api TEXT, "
-                             "image_sha256 TEXT, labels TEXT, time REAL)")
-            self._db.commit()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(api: str, png: bytes) -> str:
-        return hashlib.sha256(api.encode() + b"\0" + png).hexdigest()
-
-    def get(self, key: str) -> Labels | None:
-        if key in self._memory:
-            return self._memory[key]
-        if self._db is None:
-            return None
-        with self._lock:
-            row = self._db.execute("SELECT labels FROM answers WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        labels = [tuple(item) for item in json.loads(row[0])]
-        self._memory[key] = labels
-        return labels
-
-    def put(self, key: str, api: str, png: bytes, labels: Labels) -> None:
-        self._memory[key] = labels
-        if self._db is not None:
-            with self._lock:
-                self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?)",
-                                 (key, redact(api), hashlib.sha256(png).hexdigest(), json.dumps(labels), time.time()))
-                self._db.commit()
-
-    def __len__(self) -> int:
-        if self._db is None:
-            return len(self._memory)
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM answers").fetchone()[0])
-
-
-class _RateLimiter:
+class RateLimiter:
     """At most ``rate`` request starts per second across all threads (None: unlimited)."""
 
     def __init__(self, rate: float | None) -> None:
@@ -344,7 +110,7 @@ class RemoteClassifier(nn.Module):
         self._reserved = 0
         self.concurrency, self.max_retries, self.backoff, self.max_backoff = concurrency, max_retries, backoff, max_backoff
         self.timeout = float(timeout)
-        self._rate = _RateLimiter(rate_limit)
+        self._rate = RateLimiter(rate_limit)
         self._pool: cf.ThreadPoolExecutor | None = None
         self._rng = random.Random()
         self.name = f"remote:{adapter.vendor}"
@@ -461,6 +227,14 @@ class RemoteClassifier(nn.Module):
         return int(self(image[None])[0])
 
     def close(self) -> None:
+        """Wait for queries in flight, stop the threads and close the cache (idempotent)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self.cache.close()
+
+    def __enter__(self) -> "RemoteClassifier":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -9,7 +9,8 @@ URL) or an OAuth access token in ``GOOGLE_OAUTH_ACCESS_TOKEN`` (``Authorization:
 
 from __future__ import annotations
 
-from .client import Labels, RemoteError, RestAdapter, Retryable, b64, credential
+from .adapters import RemoteError, RestAdapter, Retryable, credential
+from .wire import Labels, b64
 
 ENDPOINT = "https://vision.googleapis.com/v1/images:annotate"
 

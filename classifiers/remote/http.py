@@ -11,7 +11,8 @@ Protocol (what a server must implement):
 
 from __future__ import annotations
 
-from .client import Labels, RestAdapter, Retryable, credential
+from .adapters import RestAdapter, Retryable, credential
+from .wire import Labels
 
 
 class HttpJSON(RestAdapter):
