@@ -29,7 +29,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,15 @@ from typing import Any
 from .analysis import analyze, markdown_table
 from .config import read_config
 from .pipeline import certify_dataset, distributed_context
-from .settings import RUN_DEFAULTS, RunSettings
+from .settings import RUN_DEFAULTS, RunOptions, RunSettings
 
-_TOP_KEYS = {"name", "description", "dataset", "dataset_kwargs", "mode", "n0", "n", "alpha", "batch", "skip", "images", "seed",
-             "radii", "pipelines", "device", "autocast", "channels_last", "compile", "step", "mixture"}
+# The config's keys follow the run settings (certify.settings): what differs per pipeline, the rest shared.
+_PER_PIPELINE = {"classifier", "denoiser", "sigma", "classifier_kwargs", "denoiser_kwargs"}
+_NOT_HERE = {"options", "max", "label_from_api"}  # max is called `images` here; remote labels are dsmooth certify's
+_TOP_KEYS = ({f.name for f in fields(RunSettings)} | {f.name for f in fields(RunOptions)}) - _PER_PIPELINE - _NOT_HERE \
+    | {"name", "description", "pipelines", "device", "images"}
 _FAST_KEYS = ("autocast", "channels_last", "compile")  # top level: every pipeline's default
-_PIPE_KEYS = {"name", "classifier", "denoiser", "sigma", "classifier_kwargs", "denoiser_kwargs", *_FAST_KEYS}
+_PIPE_KEYS = {"name", *_PER_PIPELINE, *_FAST_KEYS}
 
 
 @dataclass
