@@ -39,6 +39,10 @@ class RunResult:
     samples: np.ndarray
     manifest: dict
     mode: str = "certify"
+    idx: np.ndarray | None = None
+    label: np.ndarray | None = None
+    eps: tuple[float, ...] = ()                # attack runs: the radii attacked
+    adversarial: np.ndarray | None = None     # attack runs: PREDICT at each eps's point, (images, len(eps))
 
     @property
     def m(self) -> int:
@@ -60,6 +64,26 @@ class RunResult:
 
     def abstain_rate(self) -> float:
         return float(np.mean(self.predict == -1)) if self.m else float("nan")
+
+    def robust_accuracy(self, eps: float, strict: bool = False) -> float:
+        """Attack runs, the upper bound: the fraction of images the attack did not break at ``eps`` (PREDICT
+        at the clean image and at the point found for ``eps`` returned no class other than the label).
+
+        ``strict``: Salman et al.'s count instead, PREDICT returned the label (an abstention is an error).
+        NaN for a radius that was not attacked.
+        """
+        if not self.m or (eps != 0 and eps not in self.eps):
+            return float("nan")
+        answers = self.predict if eps == 0 else self.adversarial[:, self.eps.index(eps)]
+        ok = answers == self.label
+        return float(np.mean(ok if strict else ok | (answers == -1)))
+
+    def identity(self) -> tuple:
+        """What makes two runs the same smoothed classifier g (the pipeline, sigma and data), for pairing."""
+        s = self.manifest.get("settings", {})
+        options = s.get("options", {})
+        return (s.get("classifier"), s.get("denoiser"), s.get("sigma"), s.get("dataset"),
+                *(repr(options.get(k)) for k in ("classifier_kwargs", "denoiser_kwargs", "dataset_kwargs")))
 
 
 def _seconds(text: str) -> float:
@@ -87,8 +111,10 @@ def load_result(path: str | os.PathLike, name: str | None = None) -> RunResult:
         rows = list(csv.DictReader(fh, delimiter="\t"))
     manifest = read_manifest(path) or {}
     columns = set(rows[0]) if rows else set()
-    mode = "predict" if rows and "radius" not in columns else manifest.get("settings", {}).get("mode", "certify")
-    needed = {"idx", "label", "predict", "correct"} | ({"radius"} if mode != "predict" else set())
+    mode = manifest.get("settings", {}).get("mode", "certify")
+    if rows and "radius" not in columns:
+        mode = "attack" if "adv_predict" in columns else "predict"
+    needed = {"idx", "label", "predict", "correct"} | ({"radius"} if mode not in ("predict", "attack") else set())
     if rows and needed - columns:
         raise ValueError(f"{path} lacks the columns {sorted(needed - columns)}; expected a certify or predict TSV")
     try:
@@ -107,8 +133,87 @@ def load_result(path: str | os.PathLike, name: str | None = None) -> RunResult:
         samples = col("n") + (col("n0") if "n0" in columns else 0.0)
     else:
         samples = np.full(len(rows), np.nan)  # Cohen's files do not say
-    radius = col("radius") if mode != "predict" else np.zeros(len(rows))
-    return RunResult(name or path.stem, radius, correct, predict, times, samples, manifest, mode)
+    radius = col("radius") if mode not in ("predict", "attack") else np.zeros(len(rows))
+    eps, adversarial = (), None
+    if mode == "attack":
+        eps, adversarial = _attack_columns(path, rows, manifest)
+    return RunResult(name or path.stem, radius, correct, predict, times, samples, manifest, mode,
+                     np.array(idx, dtype=int), label, eps, adversarial)
+
+
+def _attack_columns(path: Path, rows: list[dict], manifest: dict) -> tuple[tuple[float, ...], np.ndarray]:
+    """The eps grid (the same on every line) and PREDICT's answers per image and eps."""
+    grids = {r["eps"] for r in rows}
+    if len(grids) > 1:
+        raise ValueError(f"{path} mixes eps grids {sorted(grids)}; one attack run has one grid")
+    eps = tuple(float(e) for e in grids.pop().split(",")) if rows else tuple(manifest.get("settings", {}).get(
+        "options", {}).get("eps", ()))
+    try:
+        adversarial = np.array([[int(v) for v in r["adv_predict"].split(",")] for r in rows], dtype=int)
+    except ValueError as exc:
+        raise ValueError(f"{path} has a malformed adv_predict cell ({exc})") from None
+    if rows and adversarial.shape[1] != len(eps):
+        raise ValueError(f"{path}: {adversarial.shape[1]} answers per line for {len(eps)} radii")
+    return eps, adversarial.reshape(len(rows), len(eps))
+
+
+ATTACK_LEGEND = (
+    "Robust accuracy (%) at L2 radius r, from both sides. certified: CERTIFY's certificates (a lower bound). "
+    "not broken: the images the SmoothAdv attack did not break, i.e. PREDICT returned no other class than the "
+    "label at the clean image and at the attack's point for r (an upper bound; an abstention shows nothing "
+    "either way). PREDICT = label: Salman et al.'s stricter count, where an abstention is an error. A "
+    "violation is an image certified at radius r that an attack with eps < r broke.")
+
+
+def violations(certified: RunResult, attack: RunResult) -> list[str]:
+    """Images certified at radius r (correct) whose attack with eps < r made PREDICT return another class.
+
+    Each is a contradiction between the certificate and g at level alpha: a wrong certificate, or one of
+    the alpha-rare failures of CERTIFY or PREDICT. Only images in both runs are compared.
+
+    >>> import numpy as np
+    >>> c = RunResult("c", np.array([0.6]), np.array([1]), np.array([3]), np.zeros(1), np.zeros(1), {}, idx=np.array([7]), label=np.array([3]))
+    >>> a = RunResult("a", np.zeros(1), np.array([1]), np.array([3]), np.zeros(1), np.zeros(1), {}, "attack", np.array([7]), np.array([3]), (0.25, 0.5), np.array([[3, 5]]))
+    >>> violations(c, a)
+    ['image 7 (label 3) certified at radius 0.6 but PREDICT says 5 at eps 0.5']
+    """
+    radius = {int(i): r for i, r, ok in zip(certified.idx, certified.radius, certified.correct) if ok == 1}
+    found = []
+    for i, label, answers in zip(attack.idx, attack.label, attack.adversarial):
+        for e, answer in zip(attack.eps, answers):
+            if int(i) in radius and e < radius[int(i)] and answer not in (label, -1):
+                found.append(f"image {int(i)} (label {int(label)}) certified at radius {radius[int(i)]:g} but "
+                             f"PREDICT says {int(answer)} at eps {e:g}")
+    return found
+
+
+def empirical_table(results: Sequence[RunResult], attacks: Sequence[RunResult]) -> tuple[list[str], list[list], list[str]]:
+    """Certified and empirical (SmoothAdv) accuracy (%) at each attacked radius, two rows per attack run,
+    and the violations found (`violations`); a certified row only where a run of the same g was given."""
+    grid = sorted({0.0, *(e for a in attacks for e in a.eps)})
+    header = ["run", "curve", "images"] + [f"r={r:g}" for r in grid] + ["violations"]
+    rows, found = [], []
+    for att in attacks:
+        paired = pair(att, results)
+        if paired is not None:
+            bad = violations(paired, att)
+            found += [f"{att.name}: {v}" for v in bad]
+            rows.append([paired.name, "certified", paired.m] + [round(100 * paired.certified_accuracy(r), 1) for r in grid]
+                        + [""])
+        rows.append([att.name, "not broken by SmoothAdv (upper bound)", att.m]
+                    + [round(100 * att.robust_accuracy(r), 1) for r in grid] + [len(bad) if paired is not None else "not paired"])
+        rows.append([att.name, "PREDICT = label there (Salman et al.)", att.m]
+                    + [round(100 * att.robust_accuracy(r, strict=True), 1) for r in grid] + [""])
+    return header, rows, found
+
+
+def pair(attack: RunResult, results: Sequence[RunResult]) -> RunResult | None:
+    """The certification run of the same smoothed classifier as ``attack`` (by manifest), else by name."""
+    same = [r for r in results if r.manifest and r.identity() == attack.identity()]
+    if len(same) == 1:
+        return same[0]
+    named = [r for r in results if attack.name.startswith(r.name)]
+    return max(named, key=lambda r: len(r.name)) if named else None
 
 
 def default_radii(results: Sequence[RunResult]) -> tuple[float, ...]:
@@ -164,47 +269,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curves(results: Sequence[RunResult], path: Path, max_radius: float | None = None) -> Path:
-    """Certified accuracy against radius, one line per run (headless).
-
-    Every run stays visible: one line style per sigma, one colour and marker per run, markers staggered
-    along the curve, curves that coincide nudged apart by a fraction of a percent, and headroom above 100%.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    top = max_radius or max([float(r.radius.max()) for r in results if r.m] + [0.5]) * 1.05
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    draw_curves(ax, results, np.linspace(0, top, 300))
-    ax.set_xlabel("L2 radius (pixels in [0,1])")
-    ax.set_ylabel("certified accuracy (%)")
-    ax.set_ylim(-3, 105)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def draw_curves(ax, results: Sequence[RunResult], grid: np.ndarray) -> None:
-    """One visible line per run on ``ax``: line style by sigma, colour and staggered marker by run."""
-    sigmas = sorted({r.sigma for r in results if r.sigma is not None})
-    styles = ["-", "--", ":", "-."]
-    markers = "osD^v<>ph*"
-    for k, res in enumerate(results):
-        nudge = 0.6 * (k - (len(results) - 1) / 2)  # percentage points: coinciding curves side by side
-        style = styles[sigmas.index(res.sigma) % len(styles)] if res.sigma in sigmas else "-"
-        label = res.name if res.sigma is None or f"{res.sigma:g}" in res.name else f"{res.name} (sigma={res.sigma:g})"
-        ax.plot(grid, [100 * res.certified_accuracy(r) + nudge for r in grid], linestyle=style, linewidth=1.6,
-                marker=markers[k % len(markers)], markersize=4, markevery=(3 * k % 25, 25), label=label)
-
-
 def analyze(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, radii: Sequence[float] | None = None,
             names: Sequence[str] | None = None) -> dict:
-    """Write ``table.md``, ``table.csv``, ``high_probability.md`` and ``curves.png`` for result files.
+    """Write ``table.md``, ``table.csv``, ``high_probability.md`` and ``curves.png`` for result files
+    (``predictions.md`` for PREDICT runs, ``empirical.md`` for attack runs beside their certified curves).
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -218,11 +286,20 @@ def analyze(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, radi
         raise ValueError(f"--names gives {len(names)} name(s) for {len(paths)} file(s); give one per file")
     names = list(names) if names else [Path(p).stem for p in paths]
     loaded = [load_result(p, n) for p, n in zip(paths, names)]
-    results = [r for r in loaded if r.mode != "predict"]
+    results = [r for r in loaded if r.mode not in ("predict", "attack")]
     predictions = [r for r in loaded if r.mode == "predict"]
+    attacks = [r for r in loaded if r.mode == "attack"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"header": [], "rows": [], "out_dir": str(out_dir), "predictions": None}
+    summary: dict = {"header": [], "rows": [], "out_dir": str(out_dir), "predictions": None, "attacks": None}
+    if attacks:
+        a_header, a_rows, found = empirical_table(results, attacks)
+        verdict = ("\n".join(f"- VIOLATION {v}" for v in found) if found else
+                   "No image certified at radius r was broken (PREDICT returned another class) by an attack with eps < r.")
+        (out_dir / "empirical.md").write_text(
+            ATTACK_LEGEND + "\n\n" + markdown_table(a_header, a_rows)
+            + "\n" + verdict + "\n")
+        summary["attacks"] = {"header": a_header, "rows": a_rows, "violations": found}
     if predictions:
         p_header = ["run", "sigma", "images", "accuracy %", "abstain %", "s/img", "samples/img"]
         p_rows = [[r.name, r.sigma, r.m, round(100 * float(np.mean(r.correct)), 1) if r.m else float("nan"),
@@ -231,11 +308,17 @@ def analyze(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, radi
         (out_dir / "predictions.md").write_text(
             "Smoothed predictions (PREDICT: no radius, not certificates)\n\n" + markdown_table(p_header, p_rows))
         summary["predictions"] = {"header": p_header, "rows": p_rows}
-    if not results:
+    if not results and not attacks:
         return summary
-    radii = tuple(radii) if radii else default_radii(results)
+    radii = tuple(radii) if radii else default_radii(results or attacks)
     if any(r < 0 for r in radii):
         raise ValueError(f"radii must be >= 0, got {list(radii)}")
+    from .plots import plot_curves
+
+    reach = [*radii, *(e for a in attacks for e in a.eps)]
+    plot_curves(results, out_dir / "curves.png", max_radius=max(reach) if reach else None, attacks=attacks)
+    if not results:
+        return summary
     header, rows = summarize(results, radii)
     (out_dir / "table.md").write_text(markdown_table(header, rows))
     with open(out_dir / "table.csv", "w", newline="") as fh:
@@ -246,6 +329,5 @@ def analyze(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, radi
     (out_dir / "high_probability.md").write_text(
         "Certified accuracy (%) that holds with probability >= 99.9% over the choice of images\n\n"
         + markdown_table(hp_header, hp_rows))
-    plot_curves(results, out_dir / "curves.png", max_radius=max(radii) if radii else None)
     summary.update(header=header, rows=rows)
     return summary

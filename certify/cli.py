@@ -1,4 +1,4 @@
-"""``dsmooth``: list plugins, certify or predict over a dataset, analyze, train, compare.
+"""``dsmooth``: list plugins, certify, predict or attack over a dataset, analyze, train, compare.
 
 The CLI only parses arguments and calls library functions (the recipes call the same ones).
 """
@@ -42,7 +42,17 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
         p.add_argument("--mixture", choices=MIXTURES, default=None,
                        help="sequential: the betting test's prior, over all rates (two-sided, default) or only "
                             "the alternative (one-sided: fewer samples, same guarantee)")
-    p.add_argument("--n", type=int, default=D["n"], help=f"estimation samples (default {D['n']:,})")
+    if mode == "attack":
+        from .attack import ATTACK_DEFAULTS as A  # noqa: N812
+
+        p.add_argument("--eps", required=True, help="comma-separated L2 radii to attack, ascending, e.g. 0.25,0.5,1")
+        p.add_argument("--steps", type=int, default=None, help=f"PGD steps (default {A['steps']})")
+        p.add_argument("--step-size", type=float, default=None, help="L2 step length (default 2 eps / steps)")
+        p.add_argument("--m", type=int, default=None, help=f"noise draws per gradient estimate (default {A['m']})")
+        p.add_argument("--restarts", type=int, default=None,
+                       help=f"starts per radius, the first at x, the others random in the ball (default {A['restarts']})")
+    p.add_argument("--n", type=int, default=D["n"],
+                   help=f"{'PREDICT samples at each point' if mode == 'attack' else 'estimation samples'} (default {D['n']:,})")
     p.add_argument("--alpha", type=float, default=D["alpha"], help=f"failure probability (default {D['alpha']})")
     p.add_argument("--batch", type=_batch_size, default=D["batch"],
                    help=f"noise samples per forward pass (default {D['batch']}), or 'auto': the largest that fits, "
@@ -94,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="wildcard pattern (default *)")
 
     for mode, text in (("certify", "certify a smoothed classifier over a dataset (Cohen's CERTIFY)"),
-                       ("predict", "smoothed predictions over a dataset (Cohen's PREDICT)")):
+                       ("predict", "smoothed predictions over a dataset (Cohen's PREDICT)"),
+                       ("attack", "attack the smoothed classifier (SmoothAdv PGD through f o D), then PREDICT at "
+                                  "each adversarial point: empirical robust accuracy per radius")):
         _add_run_args(sub.add_parser(mode, help=text, description=text), mode)
 
     p = sub.add_parser("analyze", help="certified-accuracy tables and curves from result TSVs")
@@ -169,10 +181,15 @@ def cmd_list(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from .pipeline import certify_dataset
 
-    mode = args.command if args.command == "predict" else {"cohen": "certify"}.get(args.mode, args.mode)
+    mode = args.command if args.command in ("predict", "attack") else {"cohen": "certify"}.get(args.mode, args.mode)
     sequential = {k: v for k, v in (("radii", _parse_floats(getattr(args, "radii", None), "--radii")),
                                     ("step", getattr(args, "step", None)),
-                                    ("mixture", getattr(args, "mixture", None))) if v is not None}
+                                    ("mixture", getattr(args, "mixture", None)),
+                                    ("eps", _parse_floats(getattr(args, "eps", None), "--eps")),
+                                    ("attack_steps", getattr(args, "steps", None)),
+                                    ("attack_step_size", getattr(args, "step_size", None)),
+                                    ("attack_m", getattr(args, "m", None)),
+                                    ("attack_restarts", getattr(args, "restarts", None))) if v is not None}
     settings = RunSettings(
         classifier=args.classifier, denoiser=args.denoiser, dataset=args.dataset, sigma=args.sigma,
         mode=mode, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha, batch=args.batch,
@@ -204,6 +221,18 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     if summary["predictions"]:
         print(markdown_table(summary["predictions"]["header"], summary["predictions"]["rows"]), end="")
         print(f"wrote {args.out}/predictions.md (PREDICT runs: accuracy and abstentions, no radii)")
+    if summary["attacks"]:
+        _print_attacks(summary["attacks"])
+        print(f"wrote {args.out}/empirical.md (attack runs beside the certified curves)")
+
+
+def _print_attacks(attacks: dict) -> None:
+    from .analysis import markdown_table
+
+    print("\nUnder attack (SmoothAdv): certified (lower bound) and empirical robust accuracy (upper bound), %")
+    print(markdown_table(attacks["header"], attacks["rows"]), end="")
+    for v in attacks["violations"]:
+        print(f"VIOLATION {v}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -214,7 +243,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
     summary = compare(args.config, out, n=args.n, limit=args.limit, quiet=args.quiet, device=args.device)
     if summary:
         print(markdown_table(summary["header"], summary["rows"]), end="")
-        print(f"wrote {out}/README.md, table.md, table.csv, curves.png")
+        if summary.get("attacks"):
+            _print_attacks(summary["attacks"])
+        print(f"wrote {out}/README.md, table.md, table.csv, curves.png" + (", empirical.md" if summary.get("attacks") else ""))
 
 
 def cmd_train_denoiser(args: argparse.Namespace) -> None:
@@ -223,7 +254,7 @@ def cmd_train_denoiser(args: argparse.Namespace) -> None:
     print(f"wrote {train_from_config(args.config, resume=args.resume, overrides=training_overrides(args))}")
 
 
-COMMANDS = {"list": cmd_list, "certify": cmd_run, "predict": cmd_run, "analyze": cmd_analyze,
+COMMANDS = {"list": cmd_list, "certify": cmd_run, "predict": cmd_run, "attack": cmd_run, "analyze": cmd_analyze,
             "compare": cmd_compare, "train-denoiser": cmd_train_denoiser}
 
 

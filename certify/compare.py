@@ -34,16 +34,18 @@ from pathlib import Path
 from typing import Any
 
 
-from .analysis import analyze, markdown_table
+from .analysis import ATTACK_LEGEND, analyze, markdown_table
 from .config import read_config
 from .pipeline import certify_dataset, distributed_context
-from .settings import RUN_DEFAULTS, RunOptions, RunSettings
+from .settings import ATTACK_OPTIONS, RUN_DEFAULTS, RunOptions, RunSettings
 
 # The config's keys follow the run settings (certify.settings): what differs per pipeline, the rest shared.
 _PER_PIPELINE = {"classifier", "denoiser", "sigma", "classifier_kwargs", "denoiser_kwargs"}
-_NOT_HERE = {"options", "max", "label_from_api"}  # max is called `images` here; remote labels are dsmooth certify's
+_NOT_HERE = {"options", "max", "label_from_api", *ATTACK_OPTIONS}  # max is `images` here, the attack's under `attack:`
 _TOP_KEYS = ({f.name for f in fields(RunSettings)} | {f.name for f in fields(RunOptions)}) - _PER_PIPELINE - _NOT_HERE \
-    | {"name", "description", "pipelines", "device", "images"}
+    | {"name", "description", "pipelines", "device", "images", "attack"}
+# `attack:` (off unless given): SmoothAdv on some or all pipelines after their certification, into NAME.attack.tsv
+_ATTACK_KEYS = {"eps", "steps", "step_size", "m", "restarts", "n", "pipelines"}
 _FAST_KEYS = ("autocast", "channels_last", "compile")  # top level: every pipeline's default
 _PIPE_KEYS = {"name", *_PER_PIPELINE, *_FAST_KEYS}
 
@@ -96,7 +98,23 @@ def load_compare_config(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("n0", "n", "skip", "images", "seed"):
         if key in config:
             config[key] = _whole(config[key], f"{path}: {key}")
+    if config.get("attack") is not None:
+        config["attack"] = _attack_config(config["attack"], names, path)
     return config
+
+
+def _attack_config(attack: Any, names: set[str], path: Path) -> dict[str, Any]:
+    """The `attack:` mapping, checked: eps is required, pipelines (default all) must name pipelines."""
+    if not isinstance(attack, dict) or "eps" not in attack or set(attack) - _ATTACK_KEYS:
+        raise ValueError(f"{path}: attack must be a mapping with eps (a list of radii) and optionally "
+                         f"{sorted(_ATTACK_KEYS - {'eps'})}; got {attack!r}")
+    unknown = sorted(set(attack.get("pipelines") or []) - names)
+    if unknown or not isinstance(attack.get("pipelines", []), list):
+        raise ValueError(f"{path}: attack pipelines {attack.get('pipelines')!r} must be a list of pipeline names "
+                         f"({sorted(names)}); unknown: {unknown}")
+    if "n" in attack:
+        attack["n"] = _whole(attack["n"], f"{path}: attack n")
+    return attack
 
 
 def _whole(value: Any, what: str) -> int:
@@ -110,8 +128,10 @@ def _batch(value: Any) -> int | str:
     return value if value == "auto" else _whole(value, "batch")
 
 
-def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, limit: int | None = None) -> RunSettings:
-    """The run settings of one pipeline: shared dataset, counts and seed; its own models and sigma."""
+def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, limit: int | None = None,
+                 attack: bool = False) -> RunSettings:
+    """The run settings of one pipeline: shared dataset, counts and seed; its own models and sigma.
+    ``attack``: the settings of its attack run instead (`attack:` in the config)."""
     D = RUN_DEFAULTS  # noqa: N806
     skip = int(config.get("skip", D["skip"]))
     images = limit if limit is not None else config.get("images")
@@ -125,14 +145,20 @@ def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, l
             options[key] = value
     if config.get("dataset_kwargs"):
         options["dataset_kwargs"] = dict(config["dataset_kwargs"])
-    if config.get("mode") == "sequential":
+    mode, count = config.get("mode", D["mode"]), int(n or config.get("n", D["n"]))
+    if attack:
+        a = config["attack"]
+        mode, count = "attack", int(n or a.get("n", count))
+        options["eps"] = a["eps"]
+        options.update({f"attack_{k}": a[k] for k in ("steps", "step_size", "m", "restarts") if k in a})
+    elif mode == "sequential":
         options["radii"] = [float(r) for r in config.get("radii") or [] if float(r) > 0]
     for key in ("step", "mixture"):
-        if config.get(key) is not None:
+        if config.get(key) is not None and not attack:
             options[key] = config[key]
     return RunSettings(
         classifier=pipe.classifier, denoiser=pipe.denoiser, dataset=config["dataset"], sigma=pipe.sigma,
-        mode=config.get("mode", D["mode"]), n0=int(config.get("n0", D["n0"])), n=int(n or config.get("n", D["n"])),
+        mode=mode, n0=int(config.get("n0", D["n0"])), n=count,
         alpha=float(config.get("alpha", D["alpha"])), batch=_batch(config.get("batch", D["batch"])), skip=skip,
         max=skip * int(images) if images is not None else None, seed=int(config.get("seed", D["seed"])), options=options,
     ).validate()
@@ -145,18 +171,22 @@ def compare(config_path: str | os.PathLike, out_dir: str | os.PathLike, n: int |
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be >= 1, got {limit}")
     all_settings = [settings_for(config, p, n=n, limit=limit) for p in config["pipelines"]]  # fail early
+    attacked = [p for p in config["pipelines"] if config.get("attack") is not None
+                and p.name in (config["attack"].get("pipelines") or [q.name for q in config["pipelines"]])]
+    runs = [(p.name, s, p) for p, s in zip(config["pipelines"], all_settings)]
+    runs += [(f"{p.name}.attack", settings_for(config, p, n=n, limit=limit, attack=True), p) for p in attacked]
     out_dir = Path(out_dir)
     rank = distributed_context(device)[0]
     files, started = [], time.time()
-    for pipe, settings in zip(config["pipelines"], all_settings):
+    for name, settings, pipe in runs:
         if not quiet and rank == 0:
-            print(f"[compare] {pipe.name}: {pipe.classifier} + {pipe.denoiser} at sigma={pipe.sigma}", flush=True)
-        files.append(certify_dataset(settings, out_dir / f"{pipe.name}.tsv", device=device or config.get("device"),
+            print(f"[compare] {name}: {pipe.classifier} + {pipe.denoiser} at sigma={pipe.sigma}", flush=True)
+        files.append(certify_dataset(settings, out_dir / f"{name}.tsv", device=device or config.get("device"),
                                      quiet=quiet))
     if rank != 0:
         return {}
     radii = config.get("radii")
-    summary = analyze(files, out_dir, radii=radii, names=[p.name for p in config["pipelines"]])
+    summary = analyze(files, out_dir, radii=radii, names=[name for name, _, _ in runs])
     _write_readme(out_dir, config, all_settings, summary, time.time() - started, config_path)
     return summary
 
@@ -185,4 +215,13 @@ def _write_readme(out_dir: Path, config: dict, all_settings: list[RunSettings], 
               "the envelope takes the best pipeline per radius.", "",
               "Files: one `NAME.tsv` + `NAME.json` per pipeline, `table.md`, `table.csv`, "
               "`high_probability.md`, `curves.png`.", "", "![curves](curves.png)", ""]
+    if summary.get("attacks"):
+        a = config["attack"]
+        lines += ["## Under attack (SmoothAdv): empirical robust accuracy (%) beside the certified", "",
+                  f"PGD on the soft smoothed classifier through the denoiser: {a.get('steps', 'default')} steps, "
+                  f"m = {a.get('m', 'default')} noise draws per step, {a.get('restarts', 1)} start(s); then PREDICT "
+                  f"(n = {a.get('n', s.n)}, alpha = {s.alpha}) at each adversarial point. " + ATTACK_LEGEND, "",
+                  markdown_table(summary["attacks"]["header"], summary["attacks"]["rows"]),
+                  *([f"- VIOLATION {v}" for v in summary["attacks"]["violations"]] or
+                    ["No image certified at radius r was broken by an attack with eps < r."]), ""]
     (out_dir / "README.md").write_text("\n".join(lines))

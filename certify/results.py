@@ -36,6 +36,9 @@ COLUMNS = {
     "predict": ("idx", "label", "predict", "correct", "time", "nA", "nB", "n"),  # no radius: PREDICT has none
     "sequential": (*_CERTIFY, "certified"),  # anytime-valid test per radius; n = samples used
     "anytime": _CERTIFY,      # anytime-valid confidence sequence; pA_lower = running max of L_n
+    # SmoothAdv: predict/correct at the clean image, then PREDICT at the attack's point for each eps (one
+    # line per image: its attacks share the image's noise streams and resume together)
+    "attack": ("idx", "label", "predict", "correct", "time", "eps", "adv_predict", "n"),
 }
 COHEN_COLUMNS = _CERTIFY[:6]
 
@@ -165,9 +168,21 @@ def _flags(text: str) -> str:
     return text
 
 
+def _floats(text: str) -> str:
+    if not all(math.isfinite(float(v)) and float(v) > 0 for v in text.split(",")):
+        raise ValueError(f"{text!r} is not a comma-separated list of positive numbers")
+    return text
+
+
+def _ints(text: str) -> str:
+    for v in text.split(","):
+        int(v)
+    return text
+
+
 _PARSERS = {"idx": _int, "label": _int, "predict": _int, "radius": _nonneg_float, "correct": _flag,
             "time": _nonneg_float, "pA_lower": _probability, "nA": _int, "nB": _int, "n": _int, "n0": _int,
-            "certified": _flags}
+            "certified": _flags, "eps": _floats, "adv_predict": _ints}
 
 
 def validate_line(fields: Sequence[str], columns: Sequence[str]) -> str | None:

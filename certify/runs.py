@@ -58,6 +58,9 @@ def _format_line(mode: str, idx: int, label: int, result: Any, seconds: float) -
     correct = int(result.prediction == label and label >= 0 and result.prediction != ABSTAIN)
     if mode == "predict":
         values = (idx, label, result.prediction, correct, f"{seconds:.4f}", result.nA, result.nB, result.n)
+    elif mode == "attack":
+        values = (idx, label, result.prediction, correct, f"{seconds:.4f}", ",".join(repr(e) for e in result.eps),
+                  ",".join(str(p) for p in result.adversarial), result.n)
     else:
         c = result
         values = (idx, label, c.prediction, repr(float(c.radius)), correct,
@@ -67,12 +70,14 @@ def _format_line(mode: str, idx: int, label: int, result: Any, seconds: float) -
     return "\t".join(str(v) for v in values) + "\n"
 
 
-def _check_labels(dataset, indices: Sequence[int], num_classes: int, name: str) -> None:
-    """Refuse labels the classifier cannot output (before anything is written)."""
+def _check_labels(dataset, indices: Sequence[int], num_classes: int, name: str, known: bool = False) -> None:
+    """Refuse labels the classifier cannot output (before anything is written); ``known``: refuse -1 too."""
     targets = getattr(dataset, "targets", None)
     if targets is None:
         return
     for i in indices:
+        if known and int(targets[i]) < 0:
+            raise ValueError(f"image {i} of {name} has no label (-1): an attack needs the true class to attack")
         if int(targets[i]) >= num_classes:
             raise ValueError(f"image {i} of {name} has label {int(targets[i])}, but the classifier has "
                              f"{num_classes} classes (0..{num_classes - 1}): the dataset's labels do not match it")
@@ -120,8 +125,12 @@ def run_certification(
         raise ValueError(f"--out must name a .tsv file, got {str(out)!r}")
     refuse_links(out, manifest_path(out))
     indices = settings.indices(len(dataset))
+    if settings.mode == "attack":
+        from .attack import check_attackable
+
+        check_attackable(smoothed)
     if not settings.options.label_from_api:
-        _check_labels(dataset, indices, smoothed.num_classes, settings.dataset)
+        _check_labels(dataset, indices, smoothed.num_classes, settings.dataset, known=settings.mode == "attack")
     check_size = getattr(smoothed.denoiser, "check_image_size", None)  # a diffusion model's resolution
     if check_size is not None and indices:
         check_size(tuple(dataset[indices[0]][0].shape))
@@ -199,7 +208,7 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, i
                 start = time.perf_counter()
                 if settings.options.label_from_api:
                     label = smoothed.classifier.clean_label(x)  # ground truth: the API's top label on the clean image
-                result = _certify_one(smoothed, settings, x, idx)
+                result = _certify_one(smoothed, settings, x, int(label), idx)
                 fh.write(_format_line(settings.mode, idx, int(label), result, time.perf_counter() - start))
                 written += 1
                 seen += 1
@@ -238,12 +247,19 @@ def _resolve_batch(smoothed: Smoothed, dataset, settings: RunSettings, out: Path
     return replace(settings, batch=batch, options=options)
 
 
-def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, idx: int) -> Any:
-    """One image, in the run's mode (the sequential tests live in certify.sequential)."""
+def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, label: int, idx: int) -> Any:
+    """One image, in the run's mode (the sequential tests live in certify.sequential, the attack in certify.attack)."""
     if s.mode == "certify":
         return smoothed.certify_full(x, s.n0, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
     if s.mode == "predict":
         return smoothed.predict_full(x, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
+    if s.mode == "attack":
+        from .attack import attack_full
+
+        o = s.options
+        return attack_full(smoothed, x, label, o.eps, s.n, s.alpha, s.batch, seed=s.seed, index=idx,
+                           steps=o.attack_steps, step_size=o.attack_step_size, m=o.attack_m,
+                           restarts=o.attack_restarts)
     from . import sequential
 
     step = s.options.step

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import platform
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .betting import MIXTURES
@@ -39,6 +39,11 @@ class RunOptions:
     radii: list[float] | None = None            # sequential mode: the radii to decide
     step: int | None = None                     # sequential/anytime: samples between checks
     mixture: str | None = None                  # sequential: the betting test's prior
+    eps: list[float] | None = None              # attack: the L2 radii to attack (ascending)
+    attack_steps: int | None = None             # attack: PGD steps (filled from certify.attack.ATTACK_DEFAULTS)
+    attack_step_size: float | None = None       # attack: L2 step (unset: 2 eps / steps)
+    attack_m: int | None = None                 # attack: noise draws per gradient estimate
+    attack_restarts: int | None = None          # attack: starts (the first at x, the others random in the ball)
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> "RunOptions":
@@ -65,7 +70,24 @@ class RunOptions:
             raise ValueError(f"step must be an int >= 1, got {self.step!r}")
         if self.mixture is not None and self.mixture not in MIXTURES:
             raise ValueError(f"mixture must be {' or '.join(map(repr, MIXTURES))}, got {self.mixture!r}")
+        for name in ("attack_steps", "attack_m", "attack_restarts"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        size = self.attack_step_size
+        if size is not None and not (_number(size) and size > 0):
+            raise ValueError(f"attack_step_size must be a positive number (or unset: 2 eps / steps), got {size!r}")
+        eps = self.eps
+        if eps is not None and not (isinstance(eps, list) and eps and all(_number(e) and e > 0 for e in eps)
+                                    and eps == sorted(set(eps))):
+            raise ValueError(f"eps must be distinct positive radii in ascending order, e.g. [0.25, 0.5], got {eps!r}")
         return self
+
+    def with_attack_defaults(self) -> "RunOptions":
+        """The attack's unset counts filled from `certify.attack.ATTACK_DEFAULTS`, so the manifest records them."""
+        from .attack import ATTACK_DEFAULTS
+
+        return replace(self, **{f"attack_{k}": v for k, v in ATTACK_DEFAULTS.items() if getattr(self, f"attack_{k}") is None})
 
     def record(self) -> dict[str, Any]:
         """The options that are set (not None, False or empty), as the manifest stores them."""
@@ -76,7 +98,8 @@ class RunOptions:
 class RunSettings:
     """Everything that determines a run's results (and so must match to resume it).
 
-    ``mode``: ``certify`` (Cohen's fixed n), ``predict``, ``sequential`` (decide each radius of
+    ``mode``: ``certify`` (Cohen's fixed n), ``predict``, ``attack`` (PREDICT at SmoothAdv points for
+    each radius of ``options.eps``, n samples each), ``sequential`` (decide each radius of
     ``options.radii`` with an anytime-valid test, stopping early; ``n`` is the most samples it may
     use) or ``anytime`` (the confidence-sequence radius, stopping when it stops growing).
     ``max`` follows Cohen's code: images are dataset indices 0, skip, 2 skip, ... below ``max``.
@@ -138,6 +161,13 @@ class RunSettings:
             radii = self.options.radii
             if not radii or not all(isinstance(r, (int, float)) and r > 0 for r in radii):
                 raise ValueError(f"sequential mode needs positive radii (options['radii'] / --radii), got {radii!r}")
+        if self.mode == "attack":
+            if not self.options.eps:
+                raise ValueError("attack mode needs the radii to attack (options['eps'] / --eps), e.g. 0.25,0.5")
+            self.options = self.options.with_attack_defaults()
+        elif any(getattr(self.options, k) is not None for k in ATTACK_OPTIONS):
+            raise ValueError(f"the options {[k for k in ATTACK_OPTIONS if getattr(self.options, k) is not None]} "
+                             f"belong to attack mode, not {self.mode!r}")
         return self
 
     def indices(self, dataset_len: int) -> list[int]:
@@ -148,6 +178,13 @@ class RunSettings:
         """The settings as a manifest stores them (and a resumed run compares them)."""
         return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"},
                 "options": self._typed_options().record()}
+
+
+ATTACK_OPTIONS = ("eps", "attack_steps", "attack_step_size", "attack_m", "attack_restarts")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 #: Every setting's default, for the CLI and compare configs (not restated there).
@@ -172,4 +209,4 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-__all__ = ["AUTOCAST", "MIXTURES", "RUN_DEFAULTS", "RunOptions", "RunSettings", "package_versions"]
+__all__ = ["ATTACK_OPTIONS", "AUTOCAST", "MIXTURES", "RUN_DEFAULTS", "RunOptions", "RunSettings", "package_versions"]

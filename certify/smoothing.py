@@ -47,7 +47,7 @@ def check_sigma(sigma: float) -> float:
 class NonFiniteOutput(ValueError):
     """The networks returned NaN/inf (or an impossible class id): counting argmax of NaN would certify garbage."""
 
-_STREAMS = ("selection", "estimation", "prediction", "sequential")
+_STREAMS = ("selection", "estimation", "prediction", "sequential", "attack")
 
 
 def stream_seed(seed: int, index: int, stream: str) -> int:
@@ -161,18 +161,26 @@ class Smoothed(nn.Module):
             for m, training in modes:
                 m.training = training
 
-    def _classify(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class ids of f(D(noisy)), a 0-dim flag on the device: any output non-finite or out of range)."""
+    def base_outputs(self, noisy: torch.Tensor) -> torch.Tensor:
+        """f(D(noisy)) for a batch: logits (B, K), or hard labels (B,) from a classifier that has no logits.
+
+        Differentiable with respect to ``noisy`` when the networks are (the attacks use it); in the
+        pipeline's precision and memory format.
+        """
         if self.channels_last and noisy.ndim == 4:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast(noisy.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            out = self._networks(noisy)
+            return self._networks(noisy)
+
+    def _classify(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class ids of f(D(noisy)), a 0-dim flag on the device: any output non-finite or out of range)."""
+        out = self.base_outputs(noisy)
         if out.ndim == 1:  # hard labels
             return out.long(), ((out < 0) | (out >= self.num_classes)).any()
         return out.argmax(dim=1), ~torch.isfinite(out).all()
 
-    def _refuse(self, where: str) -> NonFiniteOutput:
+    def refuse(self, where: str) -> NonFiniteOutput:
         return NonFiniteOutput(
             f"the pipeline {self.describe()} returned non-finite outputs (NaN/inf) or class ids outside "
             f"[0, {self.num_classes}) in {where} at sigma={self.sigma:g}; refusing to count them. Check the "
@@ -182,7 +190,7 @@ class Smoothed(nn.Module):
         """Class ids of f(D(noisy)) for a batch of noisy images; non-finite outputs raise `NonFiniteOutput`."""
         preds, bad = self._classify(noisy)
         if bool(bad):
-            raise self._refuse(f"a batch of {len(noisy)} noisy images")
+            raise self.refuse(f"a batch of {len(noisy)} noisy images")
         return preds
 
     def find_batch_size(self, shape: tuple[int, ...], limit: int, start: int = 16, cpu_limit: int = 1024) -> int:
@@ -270,7 +278,7 @@ class Smoothed(nn.Module):
     def refuse_if(self, bad: torch.Tensor, where: str) -> None:
         """Raise `NonFiniteOutput` naming ``where`` when the flag of `sample_batch` is set (a host sync)."""
         if bool(bad):
-            raise self._refuse(where)
+            raise self.refuse(where)
 
     @torch.inference_mode()
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -292,7 +300,7 @@ class Smoothed(nn.Module):
                 remaining, batch = remaining - b, batch + 1
         k = int(first_bad)
         if k >= 0:
-            raise self._refuse(f"batch {k} (noise samples {k * batch_size}..{min(num, (k + 1) * batch_size) - 1})")
+            raise self.refuse(f"batch {k} (noise samples {k * batch_size}..{min(num, (k + 1) * batch_size) - 1})")
         return counts
 
     def certify_full(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from certify.analysis import RunResult, draw_curves
+from certify.analysis import RunResult
+from certify.plots import draw_curves
 from certify.cli import main
 from certify.registry import Registry
 from classifiers import create_classifier
