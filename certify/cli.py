@@ -15,6 +15,7 @@ from typing import Sequence
 from .errors import ResumableStop
 from .launch import add_training_args, training_overrides
 from .settings import AUTOCAST, MIXTURES, RUN_DEFAULTS, RunSettings
+from .stats import BOUNDS
 
 log = logging.getLogger("dsmooth")
 
@@ -36,6 +37,9 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
         p.add_argument("--mode", choices=("cohen", "sequential", "anytime"), default="cohen",
                        help="cohen: fixed n (default); sequential: anytime-valid test at each of --radii, "
                             "stopping early (n = most samples); anytime: confidence-sequence radius")
+        p.add_argument("--bound", choices=BOUNDS, default=None,
+                       help="cohen/anytime modes: one-class (Cohen's sigma PhiInv(pA_lower), default) or two-class (Theorem 1 "
+                            "with a bound on the runner-up class too, alpha split between them)")
         p.add_argument("--radii", default=None, help="sequential mode: comma-separated radii to decide")
         p.add_argument("--step", type=int, default=None,
                        help="sequential/anytime: samples between checks (default: --batch)")
@@ -185,6 +189,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     sequential = {k: v for k, v in (("radii", _parse_floats(getattr(args, "radii", None), "--radii")),
                                     ("step", getattr(args, "step", None)),
                                     ("mixture", getattr(args, "mixture", None)),
+                                    ("bound", getattr(args, "bound", None)),
                                     ("eps", _parse_floats(getattr(args, "eps", None), "--eps")),
                                     ("attack_steps", getattr(args, "steps", None)),
                                     ("attack_step_size", getattr(args, "step_size", None)),

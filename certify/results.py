@@ -181,7 +181,7 @@ def _ints(text: str) -> str:
 
 
 _PARSERS = {"idx": _int, "label": _int, "predict": _int, "radius": _nonneg_float, "correct": _flag,
-            "time": _nonneg_float, "pA_lower": _probability, "nA": _int, "nB": _int, "n": _int, "n0": _int,
+            "time": _nonneg_float, "pA_lower": _probability, "pB_upper": _probability, "nA": _int, "nB": _int, "n": _int, "n0": _int,
             "certified": _flags, "eps": _floats, "adv_predict": _ints}
 
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 # The pipeline a run's settings name is assembled in certify.pipeline; its names stay importable from here.
 from .pipeline import build_smoothed, certify_dataset, default_device, distributed_context
 from .redact import redact
-from .results import (COLUMNS, OutputLock, format_rows, manifest_path, open_append, read_manifest, read_results,
+from .results import (OutputLock, format_rows, manifest_path, open_append, read_manifest, read_results,
                       refuse_links, repair, shard_paths, write_atomic, write_manifest)
 from .settings import RunSettings, package_versions
 from .smoothing import ABSTAIN, Smoothed
@@ -67,6 +67,8 @@ def _format_line(mode: str, idx: int, label: int, result: Any, seconds: float) -
                   f"{seconds:.4f}", repr(float(c.pA_lower)), c.nA, c.n, c.n0)
         if mode == "sequential":
             values += (",".join(str(int(v)) for v in c.certified),)
+        if getattr(c, "pB_upper", None) is not None:
+            values += (repr(float(c.pB_upper)),)
     return "\t".join(str(v) for v in values) + "\n"
 
 
@@ -167,7 +169,7 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, i
                 rank: int, world_size: int, barrier: Callable[[], None], extra_manifest: dict[str, Any] | None) -> Path:
     settings = _resolve_batch(smoothed, dataset, settings, out, world_size)
     previous = _check_resume(out, settings)
-    columns = COLUMNS[settings.mode]
+    columns = settings.columns
     existed = out.exists() or previous is not None
     allowed = set(indices)
     if rank == 0:
@@ -250,7 +252,8 @@ def _resolve_batch(smoothed: Smoothed, dataset, settings: RunSettings, out: Path
 def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, label: int, idx: int) -> Any:
     """One image, in the run's mode (the sequential tests live in certify.sequential, the attack in certify.attack)."""
     if s.mode == "certify":
-        return smoothed.certify_full(x, s.n0, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
+        return smoothed.certify_full(x, s.n0, s.n, s.alpha, s.batch, seed=s.seed, index=idx,
+                                     bound=s.options.bound or "one-class")
     if s.mode == "predict":
         return smoothed.predict_full(x, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
     if s.mode == "attack":
@@ -268,7 +271,7 @@ def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, label: int
                                      seed=s.seed, index=idx, n0=s.n0, step=step,
                                      mixture=s.options.mixture or "two-sided")
     return sequential.certify_anytime(smoothed, x, s.alpha, max_n=s.n, batch_size=s.batch, seed=s.seed, index=idx,
-                                      n0=s.n0, step=step)
+                                      n0=s.n0, step=step, bound=s.options.bound or "one-class")
 
 
 def _merge(out: Path, columns: Sequence[str], allowed: set[int]) -> None:

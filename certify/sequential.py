@@ -24,7 +24,7 @@ from scipy.stats import norm
 from .betting import (MIXTURES, SequentialTest, anytime_radius, log_martingale, log_martingale_one_sided,
                       lower_confidence_bound, sequential_test, upper_confidence_bound)
 from .smoothing import ABSTAIN, Certificate, Smoothed
-from .stats import check_alpha, radius_from_p
+from .stats import BOUNDS, check_alpha, radius_from_p, two_class_radius
 
 
 # ------------------------------------------------------------------------------------------------
@@ -81,6 +81,7 @@ class _Job:
         self.sel_gen = smoothed.generator(seed, index, "selection")
         self.test_gen = smoothed.generator(seed, index, "sequential")
         self.sel_counts = np.zeros(smoothed.num_classes, dtype=np.int64)
+        self.counts = np.zeros(smoothed.num_classes, dtype=np.int64)  # of the test samples
         self.sel_drawn = 0
         self.cA: int | None = None
         self.n = self.nA = 0
@@ -99,7 +100,8 @@ class _Job:
                 self.cA = int(self.sel_counts.argmax())
             return
         self.n += size
-        self.nA += int(counts[self.cA])
+        self.counts += counts
+        self.nA = int(self.counts[self.cA])
         self.done = self.check()
 
     def check(self) -> bool:  # decide after a test chunk; True when finished
@@ -133,24 +135,42 @@ class _GridJob(_Job):
 
 
 class _AnytimeJob(_Job):
-    def __init__(self, *args, sigma: float, alpha: float, rtol: float, **kwargs) -> None:
+    def __init__(self, *args, sigma: float, alpha: float, rtol: float, bound: str = "one-class", **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.sigma, self.alpha, self.rtol = sigma, alpha, rtol
-        self.lower = 0.0
+        self.sigma, self.alpha, self.rtol, self.bound = sigma, alpha, rtol, bound
+        self.lower, self.upper = 0.0, 1.0
+
+    def bounds(self, nA: int, nB: int, n: int) -> tuple[float, float]:
+        """(L_n for cA, U_n for the runner-up or None): one-class at alpha; two-class at alpha/2 for cA and
+        alpha/(2(K-1)) for each other class (the largest count gives the largest bound), as in Cohen mode."""
+        if self.bound == "one-class":
+            return float(lower_confidence_bound(nA, n, self.alpha)), None
+        share = self.alpha / (2 * (len(self.counts) - 1))
+        return float(lower_confidence_bound(nA, n, self.alpha / 2)), float(upper_confidence_bound(nB, n, share))
+
+    def radius(self, lower: float, upper: float | None) -> float:
+        if upper is None:
+            return radius_from_p(self.sigma, lower)
+        return two_class_radius(self.sigma, lower, min(upper, 1.0 - lower))
 
     def check(self) -> bool:
-        # the running max of L_n is valid: {exists n: L_n > p} is the event Ville bounds
-        self.lower = max(self.lower, float(lower_confidence_bound(self.nA, self.n, self.alpha)))
+        # running max of L_n, running min of U_n: {exists n: L_n > p} is the event Ville bounds (for U_n,
+        # per class: the largest other count's bound covers every other class at that n)
+        nB = int(np.delete(self.counts, self.cA).max()) if len(self.counts) > 1 else 0
+        lower, upper = self.bounds(self.nA, nB, self.n)
+        self.lower = max(self.lower, lower)
+        self.upper = min(self.upper, upper) if upper is not None else None
         if self.n >= self.max_n:
             return True
-        # stopping rule: if the hit rate stayed at S/n, max_n draws would add < rtol * sigma
-        projected = lower_confidence_bound(round(self.nA / self.n * self.max_n), self.max_n, self.alpha)
-        return radius_from_p(self.sigma, float(projected)) - radius_from_p(self.sigma, self.lower) < self.rtol * self.sigma
+        # stopping rule: if the rates stayed at S/n, max_n draws would add < rtol * sigma
+        scale = self.max_n / self.n
+        projected = self.radius(*self.bounds(round(self.nA * scale), round(nB * scale), self.max_n))
+        return projected - self.radius(self.lower, self.upper) < self.rtol * self.sigma
 
     def result(self) -> Certificate:
-        if self.lower <= 0.5:
-            return Certificate(ABSTAIN, 0.0, self.lower, self.nA, self.n, self.n0)
-        return Certificate(self.cA, radius_from_p(self.sigma, self.lower), self.lower, self.nA, self.n, self.n0)
+        radius = self.radius(self.lower, self.upper)
+        upper = None if self.upper is None else min(self.upper, 1.0 - self.lower)
+        return Certificate(self.cA if radius > 0 else ABSTAIN, radius, self.lower, self.nA, self.n, self.n0, upper)
 
 
 @torch.inference_mode()
@@ -274,7 +294,8 @@ def certify_at(smoothed: Smoothed, x: torch.Tensor, radius: float | Sequence[flo
 
 def certify_anytime_many(smoothed: Smoothed, images: Iterable[torch.Tensor], alpha: float, max_n: int,
                          batch_size: int, seed: int = 0, indices: Iterable[int] | None = None,
-                         n0: int = 100, step: int | None = None, rtol: float = 0.05) -> Iterator[Certificate]:
+                         n0: int = 100, step: int | None = None, rtol: float = 0.05,
+                         bound: str = "one-class") -> Iterator[Certificate]:
     """:func:`certify_anytime` for a stream of images, several per batch; yields in input order.
 
     >>> from torch import nn
@@ -286,18 +307,22 @@ def certify_anytime_many(smoothed: Smoothed, images: Iterable[torch.Tensor], alp
     step = _check_engine_args(smoothed, alpha, max_n, batch_size, n0, step)
     if not (isinstance(rtol, (int, float)) and rtol >= 0):
         raise ValueError(f"rtol must be a number >= 0 (a fraction of sigma), got {rtol!r}")
+    if bound not in BOUNDS or (bound == "two-class" and smoothed.num_classes < 2):
+        raise ValueError(f"bound must be one of {', '.join(BOUNDS)} (two-class needs >= 2 classes), got {bound!r}")
     jobs = (_AnytimeJob(smoothed, x, index, seed, n0, step, max_n, sigma=smoothed.sigma, alpha=alpha,
-                        rtol=float(rtol)) for index, x in _indexed(smoothed, images, indices))
+                        rtol=float(rtol), bound=bound) for index, x in _indexed(smoothed, images, indices))
     for job in _run(smoothed, jobs, batch_size):
         yield job.result()
 
 
 def certify_anytime(smoothed: Smoothed, x: torch.Tensor, alpha: float, max_n: int, batch_size: int,
                     seed: int = 0, index: int = 0, n0: int = 100, step: int | None = None,
-                    rtol: float = 0.05) -> Certificate:
+                    rtol: float = 0.05, bound: str = "one-class") -> Certificate:
     """(cA, radius) from the confidence sequence, valid at whatever n the sampling stopped.
 
     After each chunk: L = the running max of L_n, radius = sigma PhiInv(L) (abstain when L <= 1/2).
+    ``bound="two-class"``: L_n at alpha/2 and U = the running min of the runner-up's upper confidence
+    sequence at alpha/(2(K-1)), radius sigma/2 (PhiInv(L) - PhiInv(U)) (Cohen mode's split).
     Stopping rule: stop at max_n, or once the projected gain is small: if the hit rate stayed at
     S/n, the bound at max_n would raise the radius by less than ``rtol * sigma``. The rule only
     spends or saves samples; the radius is valid at any stopping time.
@@ -308,7 +333,7 @@ def certify_anytime(smoothed: Smoothed, x: torch.Tensor, alpha: float, max_n: in
     >>> c.n <= 1000 and c.radius >= 0
     True
     """
-    return next(certify_anytime_many(smoothed, [x], alpha, max_n, batch_size, seed, [index], n0, step, rtol))
+    return next(certify_anytime_many(smoothed, [x], alpha, max_n, batch_size, seed, [index], n0, step, rtol, bound))
 
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing import Any
 
 from .betting import MIXTURES
 from .results import COLUMNS
-from .stats import check_alpha
+from .stats import BOUNDS, check_alpha
 
 AUTOCAST = ("bf16", "fp16")
 
@@ -39,6 +39,7 @@ class RunOptions:
     radii: list[float] | None = None            # sequential mode: the radii to decide
     step: int | None = None                     # sequential/anytime: samples between checks
     mixture: str | None = None                  # sequential: the betting test's prior
+    bound: str | None = None                    # certify/anytime: "two-class" (Theorem 1 with the runner-up); unset: one-class
     eps: list[float] | None = None              # attack: the L2 radii to attack (ascending)
     attack_steps: int | None = None             # attack: PGD steps (filled from certify.attack.ATTACK_DEFAULTS)
     attack_step_size: float | None = None       # attack: L2 step (unset: 2 eps / steps)
@@ -70,6 +71,8 @@ class RunOptions:
             raise ValueError(f"step must be an int >= 1, got {self.step!r}")
         if self.mixture is not None and self.mixture not in MIXTURES:
             raise ValueError(f"mixture must be {' or '.join(map(repr, MIXTURES))}, got {self.mixture!r}")
+        if self.bound not in (None, *BOUNDS):
+            raise ValueError(f"bound must be one of {', '.join(BOUNDS)} (or unset: one-class), got {self.bound!r}")
         for name in ("attack_steps", "attack_m", "attack_restarts"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -161,6 +164,10 @@ class RunSettings:
             radii = self.options.radii
             if not radii or not all(isinstance(r, (int, float)) and r > 0 for r in radii):
                 raise ValueError(f"sequential mode needs positive radii (options['radii'] / --radii), got {radii!r}")
+        if self.options.bound == "one-class":
+            self.options = replace(self.options, bound=None)  # the default, recorded as unset
+        if self.options.bound is not None and self.mode not in ("certify", "anytime"):
+            raise ValueError(f"the two-class bound is available in certify (Cohen) and anytime modes, not {self.mode!r}")
         if self.mode == "attack":
             if not self.options.eps:
                 raise ValueError("attack mode needs the radii to attack (options['eps'] / --eps), e.g. 0.25,0.5")
@@ -169,6 +176,11 @@ class RunSettings:
             raise ValueError(f"the options {[k for k in ATTACK_OPTIONS if getattr(self.options, k) is not None]} "
                              f"belong to attack mode, not {self.mode!r}")
         return self
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The result file's columns: the mode's (`certify.results.COLUMNS`), plus pB_upper for the two-class bound."""
+        return COLUMNS[self.mode] + (("pB_upper",) if self.options.bound == "two-class" else ())
 
     def indices(self, dataset_len: int) -> list[int]:
         stop = dataset_len if self.max is None else min(self.max, dataset_len)

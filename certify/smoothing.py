@@ -16,11 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .stats import check_alpha, clopper_pearson_lower, radius_from_p, two_sided_binomial_pvalue
+from .stats import ABSTAIN, Certificate, certificate, check_alpha, two_sided_binomial_pvalue
 
 log = logging.getLogger(__name__)
-
-ABSTAIN = -1
 
 #: Noise levels are [0,1] pixel units: the papers use 0.12 to 1.0. Far above 1 every class is noise (a
 #: warning); above SIGMA_MAX the run is refused (fp32 noise would overflow long before 1e39 anyway).
@@ -63,18 +61,6 @@ def stream_seed(seed: int, index: int, stream: str) -> int:
         raise ValueError(f"stream must be one of {_STREAMS}, got {stream!r}")
     digest = hashlib.blake2b(f"{int(seed)}/{int(index)}/{stream}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
-
-
-@dataclass(frozen=True)
-class Certificate:
-    """What CERTIFY found for one image; ``prediction == -1`` means abstain."""
-
-    prediction: int
-    radius: float
-    pA_lower: float
-    nA: int
-    n: int
-    n0: int
 
 
 @dataclass(frozen=True)
@@ -304,19 +290,20 @@ class Smoothed(nn.Module):
         return counts
 
     def certify_full(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
-                     seed: int = 0, index: int = 0) -> Certificate:
-        """CERTIFY with its evidence: n0 samples select cA, n fresh samples bound pA from below."""
+                     seed: int = 0, index: int = 0, bound: str = "one-class") -> Certificate:
+        """CERTIFY with its evidence: n0 samples select cA, n fresh samples bound pA from below.
+
+        ``bound="two-class"``: Theorem 1 with the runner-up too, radius sigma/2 (PhiInv(pA_lower) -
+        PhiInv(pB_upper)), both bounds together at level 1 - alpha (`certify.stats.two_class_bounds`);
+        larger where the votes spread over many classes, it can certify with pA_lower < 1/2.
+        """
         self.check_counts(n0=n0, n=n, batch_size=batch_size)
         check_alpha(alpha)
         x = self.check_input(x)
         counts0 = self.sample_counts(x, n0, batch_size, self.generator(seed, index, "selection"))
         cA = int(counts0.argmax())
         counts = self.sample_counts(x, n, batch_size, self.generator(seed, index, "estimation"))
-        nA = int(counts[cA])
-        pA_lower = clopper_pearson_lower(nA, n, alpha)
-        if pA_lower <= 0.5:
-            return Certificate(ABSTAIN, 0.0, pA_lower, nA, n, n0)
-        return Certificate(cA, radius_from_p(self.sigma, pA_lower), pA_lower, nA, n, n0)
+        return certificate(counts.tolist(), cA, n0, alpha, self.sigma, bound)
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                 seed: int = 0, index: int = 0) -> tuple[int, float]:
