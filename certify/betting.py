@@ -169,7 +169,7 @@ class SequentialTest:
     """Thresholds of the test "p > p0" for n = 0..max_n, so each check is a table lookup.
 
     ``certify_min[n]`` = s_n, the least S that certifies at n (max_n + 1 when none does);
-    ``abstain_max[n]`` = a_n, the largest S at which the mirror test abstains (-1 when none);
+    ``abstain_max[n]`` = a_n, the largest S at which the mirror test (or the futility rule) abstains (-1 when none);
     ``reach[n]`` = min over m >= n of (s_m - m): S - n < reach[n + 1] means no later check can certify.
 
     >>> t = sequential_test(p0=0.5, alpha=0.05, max_n=100)
@@ -185,14 +185,20 @@ class SequentialTest:
     abstain_max: np.ndarray
     reach: np.ndarray
     mixture: str = "two-sided"
+    futility: float | None = None
 
     def decide(self, n: int, S: int) -> int:
-        """+1 certify, -1 abstain (mirror test or out of reach before max_n), 0 go on."""
+        """+1 certify, -1 abstain (mirror test, futility, or out of reach before max_n), 0 go on."""
         if S >= self.certify_min[n]:
             return 1
         if S <= self.abstain_max[n] or n >= self.max_n or S - n < self.reach[n + 1]:
             return -1
         return 0
+
+    @property
+    def needed_rate(self) -> float:
+        """q = s_max_n / max_n: the hit rate the test needs at the end of its budget (1.0 when it cannot certify)."""
+        return min(1.0, float(self.certify_min[self.max_n]) / self.max_n)
 
     def operating_characteristics(self, p: float, step: int = 1, tol: float = 1e-15) -> tuple[float, float, float]:
         """Exact (P(certify), P(abstain or undecided at max_n), E[test samples]) at hit rate p.
@@ -222,7 +228,7 @@ class SequentialTest:
                 continue
             S = lo + np.arange(law.size)
             cert = S >= self.certify_min[n]
-            stop = cert | (S <= self.abstain_max[n]) | (n >= self.max_n) | (S - n < self.reach[min(n + 1, self.max_n + 1)])
+            stop = cert | (S <= self.abstain_max[n]) | (n >= self.max_n) | (S - n < self.reach[n + 1])
             certified += law[cert].sum()
             abstained += law[stop & ~cert].sum()
             expected_n += n * law[stop].sum()
@@ -236,15 +242,35 @@ class SequentialTest:
         return float(certified), float(abstained), float(expected_n)
 
 
+def _mirror_threshold(below, p: float, n: np.ndarray, level: float) -> np.ndarray:
+    """a_n: the largest S in [0, floor(p n)] with log M_n >= ln(1/level) (-1 when none); a lower set."""
+    target = math.log(1.0 / level)
+    lo, hi = np.full(n.size, -1, dtype=np.int64), np.floor(p * n).astype(np.int64)
+    while np.any(lo < hi):
+        mid = (lo + hi + 1) // 2
+        ok = (lo < hi) & (below(np.maximum(mid, 0)) >= target)
+        lo = np.where(ok, mid, lo)
+        hi = np.where(ok | (lo >= hi), hi, mid - 1)
+    lo[0] = -1
+    return lo
+
+
 @lru_cache(maxsize=64)
 def sequential_test(p0: float, alpha: float, max_n: int, abstain_alpha: float | None = None,
-                    mixture: str = "two-sided") -> SequentialTest:
+                    mixture: str = "two-sided", futility: float | None = None) -> SequentialTest:
     """Build (and cache) the thresholds of the betting test of "hit rate > p0" up to max_n draws.
 
     ``abstain_alpha`` (default: alpha) sets the mirror test; it trades samples on hopeless images
     against the chance of abstaining on an image whose rate is above p0. It cannot cause a wrong
     certificate. ``mixture``: "two-sided" (REFERENCE's statistic) or "one-sided" (the prior on the
-    alternative only; fewer samples, same guarantee; module docstring).
+    alternative only; fewer samples, same guarantee; module docstring). ``futility`` (gamma, off
+    when None): the mirror test once more, of "rate >= q" at level gamma with the one-sided prior below
+    q, where q = s_max_n / max_n is the rate the test needs by the end of its budget
+    (`SequentialTest.needed_rate`). Aimed at the budget, it stops images whose rate sits just below a
+    threshold long before max_n. It can only abstain, so validity is untouched; and by Ville's
+    inequality it fires with probability <= gamma on any image whose rate is >= q, so it costs at most
+    gamma of certification probability there (`SequentialTest.operating_characteristics` computes the
+    exact cost at any rate).
 
     >>> t = sequential_test(p0=0.99, alpha=0.001, max_n=10_000)
     >>> int(t.certify_min[t.certify_min <= np.arange(10_001)].size > 0)   # some n can certify
@@ -278,19 +304,16 @@ def sequential_test(p0: float, alpha: float, max_n: int, abstain_alpha: float | 
     certify_min = np.where(lo <= n, lo, max_n + 1)
     certify_min[0] = max_n + 1
 
-    # a_n: largest S in [0, floor(p0 n)] with log M >= ln(1/abstain_alpha); a lower set, same facts
-    target = math.log(1.0 / abstain_alpha)
-    lo, hi = np.full(max_n + 1, -1, dtype=np.int64), np.floor(p0 * n).astype(np.int64)
-    while np.any(lo < hi):
-        mid = (lo + hi + 1) // 2
-        ok = (lo < hi) & (below(np.maximum(mid, 0)) >= target)
-        lo = np.where(ok, mid, lo)
-        hi = np.where(ok | (lo >= hi), hi, mid - 1)
-    abstain_max = lo
-    abstain_max[0] = -1
+    abstain_max = _mirror_threshold(below, p0, n, abstain_alpha)
+    if futility is not None:  # the mirror test again, at the rate the budget needs: both only ever abstain
+        check_alpha(futility)
+        q = float(certify_min[max_n]) / max_n
+        if q < 1.0:
+            futile = _mirror_threshold(lambda S: log_martingale_one_sided(S, n, q, "below"), q, n, futility)
+            abstain_max = np.maximum(abstain_max, np.minimum(futile, certify_min - 1))
 
     reach = np.empty(max_n + 2, dtype=np.int64)
     reach[-1] = np.iinfo(np.int64).max // 2
     reach[:-1] = np.minimum.accumulate((certify_min - n)[::-1])[::-1]
     return SequentialTest(float(p0), float(alpha), float(abstain_alpha), max_n,
-                          certify_min, abstain_max, reach, mixture)
+                          certify_min, abstain_max, reach, mixture, futility)

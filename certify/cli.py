@@ -42,7 +42,12 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
                             "with a bound on the runner-up class too, alpha split between them)")
         p.add_argument("--radii", default=None, help="sequential mode: comma-separated radii to decide")
         p.add_argument("--step", type=int, default=None,
-                       help="sequential/anytime: samples between checks (default: --batch)")
+                       help="sequential/anytime: samples between checks (default 100, or --batch if smaller); with a "
+                            "larger --batch several images share a batch")
+        p.add_argument("--futility", type=float, default=None, metavar="GAMMA",
+                       help="sequential: give up on a radius once, with confidence 1 - GAMMA, its rate is below what "
+                            "the test needs by --n (never a wrong certificate; at most GAMMA of power lost where --n "
+                            "suffices). Off by default")
         p.add_argument("--mixture", choices=MIXTURES, default=None,
                        help="sequential: the betting test's prior, over all rates (two-sided, default) or only "
                             "the alternative (one-sided: fewer samples, same guarantee)")
@@ -189,6 +194,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     sequential = {k: v for k, v in (("radii", _parse_floats(getattr(args, "radii", None), "--radii")),
                                     ("step", getattr(args, "step", None)),
                                     ("mixture", getattr(args, "mixture", None)),
+                                    ("futility", getattr(args, "futility", None)),
                                     ("bound", getattr(args, "bound", None)),
                                     ("eps", _parse_floats(getattr(args, "eps", None), "--eps")),
                                     ("attack_steps", getattr(args, "steps", None)),

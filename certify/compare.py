@@ -153,7 +153,7 @@ def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, l
         options.update({f"attack_{k}": a[k] for k in ("steps", "step_size", "m", "restarts") if k in a})
     elif mode == "sequential":
         options["radii"] = [float(r) for r in config.get("radii") or [] if float(r) > 0]
-    for key in ("step", "mixture", "bound"):
+    for key in ("step", "mixture", "bound", "futility"):
         if config.get(key) is not None and not attack:
             options[key] = config[key]
     return RunSettings(

@@ -246,6 +246,10 @@ def _resolve_batch(smoothed: Smoothed, dataset, settings: RunSettings, out: Path
         from accelerate.utils import gather_object
 
         batch = min(gather_object([batch]))
+    step = settings.options.step
+    if step is not None and step > batch:
+        raise ValueError(f"--batch auto found room for {batch} samples per batch only, less than the {step} samples "
+                         f"between checks (--step); pass --step {batch} or less")
     return replace(settings, batch=batch, options=options)
 
 
@@ -269,7 +273,7 @@ def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, label: int
     if s.mode == "sequential":
         return sequential.certify_at(smoothed, x, sorted(s.options.radii), s.alpha, max_n=s.n, batch_size=s.batch,
                                      seed=s.seed, index=idx, n0=s.n0, step=step,
-                                     mixture=s.options.mixture or "two-sided")
+                                     mixture=s.options.mixture or "two-sided", futility=s.options.futility)
     return sequential.certify_anytime(smoothed, x, s.alpha, max_n=s.n, batch_size=s.batch, seed=s.seed, index=idx,
                                       n0=s.n0, step=step, bound=s.options.bound or "one-class")
 

@@ -248,7 +248,8 @@ def _indexed(smoothed: Smoothed, images: Iterable[torch.Tensor], indices: Iterab
 def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: float | Sequence[float],
                     alpha: float, max_n: int, batch_size: int, seed: int = 0,
                     indices: Iterable[int] | None = None, n0: int = 100, step: int | None = None,
-                    abstain_alpha: float | None = None, mixture: str = "two-sided") -> Iterator[GridCertificate]:
+                    abstain_alpha: float | None = None, mixture: str = "two-sided",
+                    futility: float | None = None) -> Iterator[GridCertificate]:
     """:func:`certify_at` for a stream of images, several per batch; yields results in input order.
 
     Each image draws ``step`` samples at a time (default: batch_size, one image per batch); with
@@ -263,7 +264,7 @@ def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: 
     """
     step = _check_engine_args(smoothed, alpha, max_n, batch_size, n0, step)
     radii = _check_radii(radius)
-    tests = [sequential_test(float(norm.cdf(r / smoothed.sigma)), alpha, max_n, abstain_alpha, mixture)
+    tests = [sequential_test(float(norm.cdf(r / smoothed.sigma)), alpha, max_n, abstain_alpha, mixture, futility)
              for r in radii]
     jobs = (_GridJob(smoothed, x, index, seed, n0, step, max_n, radii=radii, tests=tests)
             for index, x in _indexed(smoothed, images, indices))
@@ -274,13 +275,16 @@ def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: 
 def certify_at(smoothed: Smoothed, x: torch.Tensor, radius: float | Sequence[float], alpha: float,
                max_n: int, batch_size: int, seed: int = 0, index: int = 0, n0: int = 100,
                step: int | None = None, abstain_alpha: float | None = None,
-               mixture: str = "two-sided") -> GridCertificate:
+               mixture: str = "two-sided", futility: float | None = None) -> GridCertificate:
     """Is g certified at ``radius`` (or at each radius of a grid)? Stop as soon as all are decided.
 
     cA is Cohen's: the most frequent class among n0 draws of the "selection" stream. Then up to
     max_n fresh draws of the "sequential" stream, checked every ``step`` (default batch_size) draws.
     With probability >= 1 - alpha no radius of the grid is certified wrongly (one alpha for the whole
-    grid: see the module docstring). ``mixture="one-sided"`` decides with fewer samples.
+    grid: see the module docstring). ``mixture="one-sided"`` decides with fewer samples. ``futility``
+    (gamma) gives up on a radius once its rate is, with confidence 1 - gamma, below what the test needs by
+    max_n (`certify.betting.sequential_test`): never a wrong certificate, at most gamma of power at rates
+    the budget can certify.
 
     >>> from torch import nn
     >>> g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), sigma=0.5, num_classes=2)
@@ -289,7 +293,7 @@ def certify_at(smoothed: Smoothed, x: torch.Tensor, radius: float | Sequence[flo
     ((0.25, 0.5), True)
     """
     return next(certify_at_many(smoothed, [x], radius, alpha, max_n, batch_size, seed, [index], n0, step,
-                                abstain_alpha, mixture))
+                                abstain_alpha, mixture, futility))
 
 
 def certify_anytime_many(smoothed: Smoothed, images: Iterable[torch.Tensor], alpha: float, max_n: int,

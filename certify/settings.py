@@ -37,8 +37,9 @@ class RunOptions:
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     label_from_api: bool = False                # ground truth = a remote API's top label on the clean image
     radii: list[float] | None = None            # sequential mode: the radii to decide
-    step: int | None = None                     # sequential/anytime: samples between checks
+    step: int | None = None                     # sequential/anytime: samples between checks (default SEQUENTIAL_STEP)
     mixture: str | None = None                  # sequential: the betting test's prior
+    futility: float | None = None               # sequential: give up on a radius the budget cannot reach (gamma)
     bound: str | None = None                    # certify/anytime: "two-class" (Theorem 1 with the runner-up); unset: one-class
     eps: list[float] | None = None              # attack: the L2 radii to attack (ascending)
     attack_steps: int | None = None             # attack: PGD steps (filled from certify.attack.ATTACK_DEFAULTS)
@@ -71,6 +72,8 @@ class RunOptions:
             raise ValueError(f"step must be an int >= 1, got {self.step!r}")
         if self.mixture is not None and self.mixture not in MIXTURES:
             raise ValueError(f"mixture must be {' or '.join(map(repr, MIXTURES))}, got {self.mixture!r}")
+        if self.futility is not None and not (_number(self.futility) and 0 < self.futility < 1):
+            raise ValueError(f"futility must be a probability in (0, 1) (or unset: off), got {self.futility!r}")
         if self.bound not in (None, *BOUNDS):
             raise ValueError(f"bound must be one of {', '.join(BOUNDS)} (or unset: one-class), got {self.bound!r}")
         for name in ("attack_steps", "attack_m", "attack_restarts"):
@@ -160,6 +163,8 @@ class RunSettings:
         if self.max is not None and not (isinstance(self.max, int) and self.max >= 1):
             raise ValueError(f"max must be an int >= 1 (a dataset index bound), got {self.max!r}")
         self._typed_options().validate()
+        if self.options.futility is not None and self.mode != "sequential":
+            raise ValueError(f"futility is a sequential-mode option, not for {self.mode!r}")
         if self.mode == "sequential":
             radii = self.options.radii
             if not radii or not all(isinstance(r, (int, float)) and r > 0 for r in radii):
@@ -168,6 +173,10 @@ class RunSettings:
             self.options = replace(self.options, bound=None)  # the default, recorded as unset
         if self.options.bound is not None and self.mode not in ("certify", "anytime"):
             raise ValueError(f"the two-class bound is available in certify (Cohen) and anytime modes, not {self.mode!r}")
+        if self.mode in ("sequential", "anytime") and self.options.step is None:
+            # checks every SEQUENTIAL_STEP samples whatever the batch (the benchmark's setting), recorded
+            self.options = replace(self.options, step=min(SEQUENTIAL_STEP, self.batch if isinstance(self.batch, int)
+                                                          else SEQUENTIAL_STEP))
         if self.mode == "attack":
             if not self.options.eps:
                 raise ValueError("attack mode needs the radii to attack (options['eps'] / --eps), e.g. 0.25,0.5")
@@ -191,6 +200,10 @@ class RunSettings:
         return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"},
                 "options": self._typed_options().record()}
 
+
+#: sequential/anytime modes check every this many samples unless told otherwise (packing several images into a
+#: batch when the batch is larger): an easy image stops after a few hundred samples, not after one whole batch.
+SEQUENTIAL_STEP = 100
 
 ATTACK_OPTIONS = ("eps", "attack_steps", "attack_step_size", "attack_m", "attack_restarts")
 

@@ -273,3 +273,67 @@ def test_bad_threshold_arguments_raise():
         sequential_test(1.0, 0.001, 100)
     with pytest.raises(ValueError, match="abstain_alpha|alpha"):
         sequential_test(0.7, 0.001, 100, abstain_alpha=0.0)
+
+
+def test_the_readme_command_with_its_defaults_spends_the_benchmarks_samples(tmp_path):
+    """`dsmooth certify --mode sequential` without --step checks every 100 samples, whatever the batch,
+    so it spends exactly what benchmarks/sequential_mnist.py (step 100) spends on the same digits."""
+    import json
+
+    from certify.cli import main
+    from certify.data import create_dataset
+    from certify.sequential import certify_at_many
+    from certify.smoothing import Smoothed
+    from classifiers import create_classifier
+    from denoisers import create_denoiser
+
+    out = tmp_path / "seq.tsv"
+    assert main(["certify", "--mode", "sequential", "--radii", "0.25,0.5,1.0", "--classifier", "small-cnn.mnist5k",
+                 "--denoiser", "dncnn.mnist5k_s050_mse", "--dataset", "mnist5k:test", "--sigma", "0.5",
+                 "--n", "3000", "--mixture", "one-sided", "--skip", "125", "--quiet", "--out", str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["options"]["step"] == 100
+    used = [int(line.split("\t")[8]) for line in out.read_text().splitlines()[1:]]
+    data = create_dataset("mnist5k:test")
+    g = Smoothed(create_classifier("small-cnn.mnist5k"), create_denoiser("dncnn.mnist5k_s050_mse"), sigma=0.5)
+    indices = list(range(0, 1000, 125))
+    bench = [c.n for c in certify_at_many(g, [data[i][0] for i in indices], [0.25, 0.5, 1.0], 0.001, 3000, 100,
+                                          indices=indices, step=100, mixture="one-sided")]
+    assert used == bench and min(used) < 1000  # the old default (one check per batch of 1,000) spent >= 1,000
+
+
+@pytest.mark.parametrize("mixture", ["two-sided", "one-sided"])
+def test_futility_never_certifies_wrongly_and_costs_at_most_gamma_where_the_budget_suffices(mixture):
+    """Exact (dynamic programming): with the futility rule the test certifies no more often at p0 and
+    below (validity), loses at most gamma of certification probability at rates the budget can certify
+    (>= q; measured: at most 0.002 here), and saves a third or more of the samples at p0."""
+    from certify.betting import sequential_test
+
+    p0, alpha, max_n, gamma = 0.9, 0.001, 4000, 0.1
+    base = sequential_test(p0, alpha, max_n, mixture=mixture)
+    fut = sequential_test(p0, alpha, max_n, mixture=mixture, futility=gamma)
+    q = fut.needed_rate
+    assert p0 < q < 1 and q == base.needed_rate
+    oc = lambda test, p: test.operating_characteristics(p, step=100)  # noqa: E731
+    for p in (p0, p0 - 0.005):
+        assert oc(fut, p)[0] <= oc(base, p)[0] <= alpha
+    for p in (q, q + 0.005, q + 0.02):
+        lost = oc(base, p)[0] - oc(fut, p)[0]
+        assert -1e-12 <= lost <= gamma, (p, lost)
+    assert oc(fut, p0)[2] < 0.7 * oc(base, p0)[2]  # at p0 the budget is mostly wasted: futility saves it
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        sequential_test(p0, alpha, max_n, futility=1.5)
+
+
+def test_futility_option_is_checked_and_recorded(tmp_path, capsys):
+    from certify.cli import main
+
+    args = ["certify", "--mode", "sequential", "--radii", "0.5", "--classifier", "small-cnn.mnist5k",
+            "--dataset", "mnist5k:test", "--sigma", "0.5", "--n", "500", "--skip", "250", "--quiet"]
+    assert main([*args, "--futility", "2", "--out", str(tmp_path / "a.tsv")]) == 2
+    assert "futility must be a probability in (0, 1)" in capsys.readouterr().err
+    assert main(["certify", *args[3:], "--futility", "0.1", "--out", str(tmp_path / "b.tsv")]) == 2
+    assert "futility is a sequential-mode option" in capsys.readouterr().err
+    assert main([*args, "--futility", "0.1", "--out", str(tmp_path / "c.tsv")]) == 0
+    import json
+
+    assert json.loads((tmp_path / "c.json").read_text())["settings"]["options"]["futility"] == 0.1
