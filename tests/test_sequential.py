@@ -203,8 +203,8 @@ def test_grid_claims_form_a_prefix(monkeypatch):
     rule is what lets one alpha cover the grid when the thresholds are not nested (one-sided)."""
     real = sequential_test
 
-    def crafted(p0, alpha, max_n, abstain_alpha=None, mixture="two-sided"):
-        t = real(p0, alpha, max_n, abstain_alpha, mixture)
+    def crafted(p0, alpha, max_n, abstain_alpha=None, mixture="two-sided", futility=None):
+        t = real(p0, alpha, max_n, abstain_alpha, mixture, futility)
         never, always = np.full(max_n + 1, max_n + 1), np.zeros(max_n + 1, dtype=np.int64)
         if p0 < float(norm.cdf(0.3 / SIGMA)):  # the small radius abstains at the first check
             return dataclasses.replace(t, certify_min=never, abstain_max=np.arange(max_n + 1))
