@@ -70,3 +70,22 @@ def test_dds_cost_smoke(tmp_path):
         for sigma, count in result["sequential_sample_counts"]["mean_samples"].items():
             assert run["seconds_per_image_sequential"][sigma] == pytest.approx(count / run["samples_per_s"])
     assert set(result["sequential_sample_counts"]["mean_samples"]) == {"0.25", "0.5"}  # the shipped MNIST JSON
+
+
+def test_two_class_gain_compares_the_same_samples(tmp_path):
+    from certify.runs import RunSettings, certify_dataset
+
+    common = dict(classifier="small-cnn.mnist5k", dataset="mnist5k:test", sigma=0.5, n0=20, n=200, batch=220,
+                  skip=200, max=1000)
+    certify_dataset(RunSettings(**common), tmp_path / "one" / "p.tsv", device="cpu", quiet=True)
+    certify_dataset(RunSettings(**common, options={"bound": "two-class"}), tmp_path / "two" / "p.tsv",
+                    device="cpu", quiet=True)
+    out = tmp_path / "g.json"
+    result = _load("two_class_gain").main(["--one", str(tmp_path / "one"), "--two", str(tmp_path / "two"),
+                                          "--radii", "0,0.25", "--out", str(out)])
+    p = result["pipelines"]["p"]
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert p["images"] == 5 and p["raised"] + p["lowered"] <= 5
+    with pytest.raises(ValueError, match="expected .* one-class and .* two-class"):
+        _load("two_class_gain").main(["--one", str(tmp_path / "two"), "--two", str(tmp_path / "two"),
+                                      "--out", str(out)])
