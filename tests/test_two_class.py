@@ -37,6 +37,16 @@ class ThreeBands(nn.Module):
         return np.array([lo, hi - lo, 1 - hi])
 
 
+def _oracle_images(count: int, seed: int) -> tuple[ThreeBands, Smoothed, list[torch.Tensor]]:
+    """The oracle with bands at -0.25 and 0.25 along a random unit w, and images spread across the bands."""
+    torch.manual_seed(seed)
+    w = torch.randn(16)
+    w /= w.norm()
+    f = ThreeBands(w, a=-0.25, b=0.25)
+    xs = [(0.5 + float(torch.empty(()).uniform_(-0.6, 0.6)) * w).view(1, 4, 4) for _ in range(count)]
+    return f, Smoothed(f, sigma=SIGMA, num_classes=3), xs
+
+
 def _true_radius(p: np.ndarray) -> tuple[int, float]:
     """The top class and the two-class radius at the exact probabilities."""
     order = np.argsort(p)[::-1]
@@ -70,16 +80,10 @@ def test_two_class_radius_stays_within_its_true_value_at_rate_alpha(p, alpha):
 def test_engine_three_class_oracle_two_class_is_valid_and_certifies_spread_votes():
     """Through Smoothed.certify_full on real noise: 2,000 images of a three-class linear oracle, each
     with its exact two-class radius; the one-class bound abstains where the top class has < 1/2."""
-    torch.manual_seed(0)
-    w = torch.randn(16)
-    w /= w.norm()
-    f = ThreeBands(w, a=-0.25, b=0.25)
-    g = Smoothed(f, sigma=SIGMA, num_classes=3)
-    alpha, trials = 0.01, 2000
+    f, g, xs = _oracle_images(2000, seed=0)
+    alpha, trials = 0.01, len(xs)
     wrong = gained = 0
-    for i in range(trials):
-        shift = float(torch.empty(()).uniform_(-0.6, 0.6))
-        x = (0.5 + shift * w).view(1, 4, 4)
+    for i, x in enumerate(xs):
         top, true = _true_radius(f.probabilities(x, SIGMA))
         c = g.certify_full(x, n0=50, n=500, alpha=alpha, batch_size=550, index=i, bound="two-class")
         wrong += c.prediction != -1 and (c.prediction != top or c.radius > true)
@@ -95,13 +99,8 @@ def test_anytime_two_class_on_the_oracle_is_valid_at_its_stopping_time():
     anytime rule; wrong certificates stay at rate <= alpha and the spread votes still gain radius."""
     from certify.sequential import certify_anytime_many
 
-    torch.manual_seed(1)
-    w = torch.randn(16)
-    w /= w.norm()
-    f = ThreeBands(w, a=-0.25, b=0.25)
-    g = Smoothed(f, sigma=SIGMA, num_classes=3)
-    alpha, trials = 0.01, 1000
-    xs = [(0.5 + float(torch.empty(()).uniform_(-0.6, 0.6)) * w).view(1, 4, 4) for _ in range(trials)]
+    f, g, xs = _oracle_images(1000, seed=1)
+    alpha, trials = 0.01, len(xs)
     two = list(certify_anytime_many(g, xs, alpha, max_n=2000, batch_size=2000, step=250, bound="two-class"))
     one = list(certify_anytime_many(g, xs, alpha, max_n=2000, batch_size=2000, step=250))
     wrong = 0
