@@ -146,12 +146,12 @@ def _attack_columns(path: Path, rows: list[dict], manifest: dict) -> tuple[tuple
     grids = {r["eps"] for r in rows}
     if len(grids) > 1:
         raise ValueError(f"{path} mixes eps grids {sorted(grids)}; one attack run has one grid")
-    eps = tuple(float(e) for e in grids.pop().split(",")) if rows else tuple(manifest.get("settings", {}).get(
-        "options", {}).get("eps", ()))
     try:
+        eps = tuple(float(e) for e in grids.pop().split(",")) if rows else tuple(manifest.get("settings", {}).get(
+            "options", {}).get("eps", ()))
         adversarial = np.array([[int(v) for v in r["adv_predict"].split(",")] for r in rows], dtype=int)
     except ValueError as exc:
-        raise ValueError(f"{path} has a malformed adv_predict cell ({exc})") from None
+        raise ValueError(f"{path} has a malformed eps or adv_predict cell ({exc})") from None
     if rows and adversarial.shape[1] != len(eps):
         raise ValueError(f"{path}: {adversarial.shape[1]} answers per line for {len(eps)} radii")
     return eps, adversarial.reshape(len(rows), len(eps))
@@ -195,13 +195,13 @@ def empirical_table(results: Sequence[RunResult], attacks: Sequence[RunResult]) 
     rows, found = [], []
     for att in attacks:
         paired = pair(att, results)
+        bad = violations(paired, att) if paired is not None else None
         if paired is not None:
-            bad = violations(paired, att)
             found += [f"{att.name}: {v}" for v in bad]
             rows.append([paired.name, "certified", paired.m] + [round(100 * paired.certified_accuracy(r), 1) for r in grid]
                         + [""])
         rows.append([att.name, "not broken by SmoothAdv (upper bound)", att.m]
-                    + [round(100 * att.robust_accuracy(r), 1) for r in grid] + [len(bad) if paired is not None else "not paired"])
+                    + [round(100 * att.robust_accuracy(r), 1) for r in grid] + [len(bad) if bad is not None else "not paired"])
         rows.append([att.name, "PREDICT = label there (Salman et al.)", att.m]
                     + [round(100 * att.robust_accuracy(r, strict=True), 1) for r in grid] + [""])
     return header, rows, found

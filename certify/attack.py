@@ -48,6 +48,19 @@ class AttackResult:
         return tuple(p not in (label, -1) for p in self.adversarial)
 
 
+def check_eps(eps: Sequence[float]) -> tuple[float, ...]:
+    """The eps grid as floats when it is distinct positive radii in ascending order; else a ValueError.
+
+    >>> check_eps([0.25, 0.5])
+    (0.25, 0.5)
+    """
+    ok = isinstance(eps, (list, tuple)) and eps and all(
+        isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) and e > 0 for e in eps)
+    if not ok or list(eps) != sorted(set(eps)):
+        raise ValueError(f"eps must be distinct positive radii in ascending order, e.g. [0.25, 0.5], got {list(eps)}")
+    return tuple(float(e) for e in eps)
+
+
 def check_attackable(smoothed: Smoothed) -> None:
     """A clear error for a pipeline the attack cannot take gradients through."""
     if not getattr(smoothed.classifier, "differentiable", True):
@@ -155,9 +168,7 @@ def attack_full(smoothed: Smoothed, x: torch.Tensor, label: int, eps: Sequence[f
     >>> r.eps, len(r.adversarial)
     ((0.1, 0.2), 2)
     """
-    eps = tuple(float(e) for e in eps)
-    if not eps or any(not (math.isfinite(e) and e > 0) for e in eps) or list(eps) != sorted(set(eps)):
-        raise ValueError(f"eps must be distinct positive radii in ascending order, got {list(eps)}")
+    eps = check_eps(list(eps))
     smoothed.check_counts(n=n, batch_size=batch_size, steps=steps, m=m, restarts=restarts)
     if step_size is not None and not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size must be a positive number (or unset for 2 eps / steps), got {step_size!r}")
@@ -177,4 +188,4 @@ def attack_full(smoothed: Smoothed, x: torch.Tensor, label: int, eps: Sequence[f
     return AttackResult(clean, eps, tuple(answers), n)
 
 
-__all__ = ["ATTACK_DEFAULTS", "AttackResult", "attack_full", "check_attackable", "project", "smoothadv", "soft_loss"]
+__all__ = ["ATTACK_DEFAULTS", "AttackResult", "attack_full", "check_attackable", "check_eps", "project", "smoothadv", "soft_loss"]

@@ -24,7 +24,7 @@ from scipy.stats import norm
 from .betting import (MIXTURES, SequentialTest, anytime_radius, log_martingale, log_martingale_one_sided,
                       lower_confidence_bound, sequential_test, upper_confidence_bound)
 from .smoothing import ABSTAIN, Certificate, Smoothed
-from .stats import BOUNDS, check_alpha, radius_from_p, two_class_radius
+from .stats import BOUNDS, check_alpha, radius_from_p, two_class_levels, two_class_radius
 
 
 # ------------------------------------------------------------------------------------------------
@@ -145,8 +145,8 @@ class _AnytimeJob(_Job):
         alpha/(2(K-1)) for each other class (the largest count gives the largest bound), as in Cohen mode."""
         if self.bound == "one-class":
             return float(lower_confidence_bound(nA, n, self.alpha)), None
-        share = self.alpha / (2 * (len(self.counts) - 1))
-        return float(lower_confidence_bound(nA, n, self.alpha / 2)), float(upper_confidence_bound(nB, n, share))
+        level_a, level_b = two_class_levels(self.alpha, len(self.counts))
+        return float(lower_confidence_bound(nA, n, level_a)), float(upper_confidence_bound(nB, n, level_b))
 
     def radius(self, lower: float, upper: float | None) -> float:
         if upper is None:

@@ -76,17 +76,16 @@ class RunOptions:
             raise ValueError(f"futility must be a probability in (0, 1) (or unset: off), got {self.futility!r}")
         if self.bound not in (None, *BOUNDS):
             raise ValueError(f"bound must be one of {', '.join(BOUNDS)} (or unset: one-class), got {self.bound!r}")
-        for name in ("attack_steps", "attack_m", "attack_restarts"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        from .attack import check_eps
+        from .smoothing import Smoothed
+
+        Smoothed.check_counts(**{name: getattr(self, name) for name in ("attack_steps", "attack_m", "attack_restarts")
+                                 if getattr(self, name) is not None})
         size = self.attack_step_size
         if size is not None and not (_number(size) and size > 0):
             raise ValueError(f"attack_step_size must be a positive number (or unset: 2 eps / steps), got {size!r}")
-        eps = self.eps
-        if eps is not None and not (isinstance(eps, list) and eps and all(_number(e) and e > 0 for e in eps)
-                                    and eps == sorted(set(eps))):
-            raise ValueError(f"eps must be distinct positive radii in ascending order, e.g. [0.25, 0.5], got {eps!r}")
+        if self.eps is not None:
+            check_eps(self.eps)
         return self
 
     def with_attack_defaults(self) -> "RunOptions":

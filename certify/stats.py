@@ -50,6 +50,15 @@ def clopper_pearson_upper(k: int, n: int, alpha: float) -> float:
 BOUNDS = ("one-class", "two-class")
 
 
+def two_class_levels(alpha: float, num_classes: int) -> tuple[float, float]:
+    """How the two-class bound spends alpha: (level of pA_lower, level of each other class's upper bound).
+
+    >>> two_class_levels(0.001, 3)
+    (0.0005, 0.00025)
+    """
+    return alpha / 2, alpha / (2 * (num_classes - 1))
+
+
 def two_class_bounds(counts: Sequence[int], cA: int, alpha: float) -> tuple[float, float]:
     """(pA_lower, pB_upper) that hold together with probability >= 1 - alpha (Cohen et al., Theorem 1).
 
@@ -67,9 +76,10 @@ def two_class_bounds(counts: Sequence[int], cA: int, alpha: float) -> tuple[floa
     n, K = int(sum(counts)), len(counts)
     if K < 2 or not 0 <= cA < K:
         raise ValueError(f"the two-class bound needs K >= 2 classes and cA in [0, K), got K={K}, cA={cA!r}")
-    pA_lower = clopper_pearson_lower(int(counts[cA]), n, alpha / 2)
+    level_a, level_b = two_class_levels(alpha, K)
+    pA_lower = clopper_pearson_lower(int(counts[cA]), n, level_a)
     runner_up = max(int(c) for i, c in enumerate(counts) if i != cA)
-    return pA_lower, min(1.0 - pA_lower, clopper_pearson_upper(runner_up, n, alpha / (2 * (K - 1))))
+    return pA_lower, min(1.0 - pA_lower, clopper_pearson_upper(runner_up, n, level_b))
 
 
 def two_class_radius(sigma: float, pA_lower: float, pB_upper: float) -> float:
@@ -154,4 +164,4 @@ def max_radius(sigma: float, n: int, alpha: float) -> float:
 
 
 __all__ = ["ABSTAIN", "BOUNDS", "Certificate", "certificate", "check_alpha", "clopper_pearson_lower", "clopper_pearson_upper", "max_radius", "radius_from_p",
-           "two_class_bounds", "two_class_radius", "two_sided_binomial_pvalue"]
+           "two_class_bounds", "two_class_levels", "two_class_radius", "two_sided_binomial_pvalue"]
