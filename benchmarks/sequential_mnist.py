@@ -3,8 +3,9 @@
 For each sigma: the pipeline (classifier, denoiser) named by the templates, where ``{s}`` becomes the
 sigma in hundredths with three digits (0.25 -> ``025``). Then, on evenly spaced ``mnist5k:test`` digits:
 - ``sequential``: :func:`certify.sequential.certify_at_many` on the radius grid (several images per
-  batch), once per ``--mixtures`` (the betting test's prior), mean samples per image (n0 + n) and
-  certified accuracy at each radius;
+  batch), once per ``--mixtures`` (the betting test's prior) and ``--futility`` level ("off" or gamma;
+  keyed "one-sided" or "one-sided, futility 0.3"), mean samples per image (n0 + n) and certified
+  accuracy at each radius;
 - ``cohen``: ``Smoothed.certify_full`` with n = ``--cohen-n`` on the first ``--cohen-images`` of those
   digits (it is the expensive one), with the sequential figures on the same digits beside it;
 - ``packing``: the first mixture's run with one image per batch (batch = step) and with several
@@ -30,6 +31,7 @@ from certify import Smoothed
 from certify.data import create_dataset
 from certify.results import write_json
 from certify.sequential import MIXTURES, certify_at_many
+from certify.settings import SEQUENTIAL_FUTILITY
 from classifiers import create_classifier
 from denoisers import create_denoiser
 
@@ -45,11 +47,19 @@ def _accuracy(correct: np.ndarray, radius: np.ndarray, radii) -> dict[str, float
     return {f"{r:g}": float(np.mean(correct & (radius >= r))) for r in radii}
 
 
-def _sequential(g, images, args, batch_size, step, mixture, desc):
+def _futility(text: str) -> float | None:
+    return None if text == "off" else float(text)
+
+
+def _label(mixture: str, futility: float | None) -> str:
+    return mixture if futility is None else f"{mixture}, futility {futility:g}"
+
+
+def _sequential(g, images, args, batch_size, step, mixture, futility, desc):
     start = time.perf_counter()
     results = list(tqdm(certify_at_many(g, images, args.radii, args.alpha, args.max_n, batch_size,
                                         seed=args.seed, indices=args.indices, n0=args.n0, step=step,
-                                        mixture=mixture),
+                                        mixture=mixture, futility=futility),
                         total=len(images), desc=desc, disable=args.quiet))
     return results, time.perf_counter() - start
 
@@ -61,8 +71,9 @@ def run_sigma(args, sigma: float, data) -> dict:
 
     m = min(args.cohen_images, len(images))
     sequential, on_cohen_images = {}, {}
-    for mixture in args.mixtures:
-        seq, seconds = _sequential(g, images, args, args.batch, args.step, mixture, f"{mixture} s={sigma}")
+    for mixture, futility in [(m, f) for f in args.futility for m in args.mixtures]:
+        label = _label(mixture, futility)
+        seq, seconds = _sequential(g, images, args, args.batch, args.step, mixture, futility, f"{label} s={sigma}")
         correct = np.array([r.cA == y for r, y in zip(seq, labels)])
         certified = np.array([r.certified for r in seq])  # (images, radii)
         samples = np.array([r.n0 + r.n for r in seq])
@@ -70,12 +81,12 @@ def run_sigma(args, sigma: float, data) -> dict:
         def accuracy(sel):
             return {f"{r:g}": float(np.mean(correct[sel] & certified[sel, i])) for i, r in enumerate(args.radii)}
 
-        sequential[mixture] = {
+        sequential[label] = {
             "images": len(images), "mean_samples": float(samples.mean()), "median_samples": float(np.median(samples)),
             "max_samples": int(samples.max()), "certified_accuracy": accuracy(slice(None)), "seconds": seconds,
         }
         if m:
-            on_cohen_images[mixture] = {
+            on_cohen_images[label] = {
                 "mean_samples": float(samples[:m].mean()), "certified_accuracy": accuracy(slice(0, m)),
                 "sample_ratio": float((args.n0 + args.cohen_n) / samples[:m].mean()),
             }
@@ -89,9 +100,9 @@ def run_sigma(args, sigma: float, data) -> dict:
     cohen_radius = np.array([c.radius for c in cohen])
 
     p = min(args.pack_images, len(images))
-    first = args.mixtures[0]
-    _, alone_time = _sequential(g, images[:p], args, args.step, args.step, first, "one image per batch")
-    _, packed_time = _sequential(g, images[:p], args, args.batch, args.step, first, "packed")
+    first, futility = args.mixtures[0], args.futility[0]
+    _, alone_time = _sequential(g, images[:p], args, args.step, args.step, first, futility, "one image per batch")
+    _, packed_time = _sequential(g, images[:p], args, args.batch, args.step, first, futility, "packed")
 
     return {
         "sigma": sigma,
@@ -102,7 +113,7 @@ def run_sigma(args, sigma: float, data) -> dict:
             "sequential_on_same_images": on_cohen_images,
         },
         "packing": {
-            "mixture": first, "images": p, "step": args.step, "batch": args.batch,
+            "mixture": _label(first, futility), "images": p, "step": args.step, "batch": args.batch,
             "images_per_s_one_per_batch": p / alone_time, "images_per_s_packed": p / packed_time,
             "speedup": alone_time / packed_time,
         },
@@ -123,12 +134,12 @@ def markdown(result: dict) -> str:
         cohen = s["cohen"]
         row(s["sigma"], f"Cohen, n = {cohen['n']:,}", cohen["images"], cohen["samples_per_image"], "",
             cohen["certified_accuracy"])
-        for mixture, same in cohen["sequential_on_same_images"].items():
-            row(s["sigma"], f"sequential {mixture}, same digits", cohen["images"], same["mean_samples"],
+        for label, same in cohen["sequential_on_same_images"].items():
+            row(s["sigma"], f"sequential {label}, same digits", cohen["images"], same["mean_samples"],
                 f"{same['sample_ratio']:.1f}x", same["certified_accuracy"])
-        for mixture, seq in s["sequential"].items():
+        for label, seq in s["sequential"].items():
             ratio = cohen["samples_per_image"] / seq["mean_samples"]
-            row(s["sigma"], f"sequential {mixture}, all digits", seq["images"], seq["mean_samples"],
+            row(s["sigma"], f"sequential {label}, all digits", seq["images"], seq["mean_samples"],
                 f"{ratio:.1f}x", seq["certified_accuracy"])
     return "\n".join(lines) + "\n"
 
@@ -142,6 +153,8 @@ def main(argv=None) -> dict:
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--mixtures", nargs="+", default=["two-sided", "one-sided"], choices=MIXTURES,
                    help="the sequential test's prior(s); each gets its own sequential run")
+    p.add_argument("--futility", type=_futility, nargs="+", default=[None, SEQUENTIAL_FUTILITY], metavar="GAMMA|off",
+                   help=f"futility level(s), each with every mixture (default: off and {SEQUENTIAL_FUTILITY})")
     p.add_argument("--images", type=int, default=100, help="evenly spaced mnist5k:test digits")
     p.add_argument("--cohen-images", type=int, default=50, help="the first this many also run Cohen")
     p.add_argument("--cohen-n", type=int, default=100_000)
@@ -166,7 +179,7 @@ def main(argv=None) -> dict:
     args.indices = [int(i) for i in np.linspace(0, len(data) - 1, args.images).round()]
     result = {
         "benchmark": "sequential_mnist", "classifier": args.classifier, "denoiser": args.denoiser,
-        "alpha": args.alpha, "radii": args.radii, "max_n": args.max_n, "n0": args.n0, "seed": args.seed,
+        "alpha": args.alpha, "radii": args.radii, "max_n": args.max_n, "futility": args.futility, "n0": args.n0, "seed": args.seed,
         "threads": args.threads, "platform": platform.platform(), "torch": torch.__version__,
         "sigmas": [run_sigma(args, s, data) for s in args.sigmas],
     }

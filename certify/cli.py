@@ -14,7 +14,7 @@ from typing import Sequence
 
 from .errors import ResumableStop
 from .launch import add_training_args, training_overrides
-from .settings import AUTOCAST, MIXTURES, RUN_DEFAULTS, RunSettings
+from .settings import AUTOCAST, MIXTURES, RUN_DEFAULTS, SEQUENTIAL_FUTILITY, RunSettings
 from .stats import BOUNDS
 
 log = logging.getLogger("dsmooth")
@@ -44,10 +44,10 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
         p.add_argument("--step", type=int, default=None,
                        help="sequential/anytime: samples between checks (default 100, or --batch if smaller); with a "
                             "larger --batch several images share a batch")
-        p.add_argument("--futility", type=float, default=None, metavar="GAMMA",
+        p.add_argument("--futility", type=_futility, default=None, metavar="GAMMA",
                        help="sequential: give up on a radius once, with confidence 1 - GAMMA, its rate is below what "
                             "the test needs by --n (never a wrong certificate; at most GAMMA of power lost where --n "
-                            "suffices). Off by default")
+                            f"suffices, about 1 point at the default). Default {SEQUENTIAL_FUTILITY}; 'off' turns it off")
         p.add_argument("--mixture", choices=MIXTURES, default=None,
                        help="sequential: the betting test's prior, over all rates (two-sided, default) or only "
                             "the alternative (one-sided: fewer samples, same guarantee)")
@@ -146,6 +146,16 @@ def _parse_floats(text: str | None, what: str) -> list[float] | None:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _futility(text: str) -> float | str:
+    """--futility: a level gamma, or 'off' (the range is checked with the other settings)."""
+    if text.strip().lower() == "off":
+        return "off"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or 'off', got {text!r}") from None
 
 
 def _parse_kwargs(pairs: Sequence[str], flag: str) -> dict:

@@ -20,7 +20,8 @@ The output folder gets one TSV + JSON per pipeline, ``table.md``/``table.csv`` (
 the radius grid, clean accuracy, ACR, abstain rate, seconds per image), ``curves.png`` and a
 ``README.md`` saying what was run. A pipeline whose TSV is complete is skipped on a re-run.
 ``mode: sequential`` decides each positive radius of ``radii`` with the anytime-valid test (``n`` is
-then the most samples an image may use; optional ``step``, ``mixture``); ``mode: anytime`` too.
+then the most samples an image may use; optional ``step``, ``mixture``, ``futility``: a level, default
+0.3, or ``off``); ``mode: anytime`` too.
 """
 
 from __future__ import annotations

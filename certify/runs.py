@@ -273,7 +273,8 @@ def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, label: int
     if s.mode == "sequential":
         return sequential.certify_at(smoothed, x, sorted(s.options.radii), s.alpha, max_n=s.n, batch_size=s.batch,
                                      seed=s.seed, index=idx, n0=s.n0, step=step,
-                                     mixture=s.options.mixture or "two-sided", futility=s.options.futility)
+                                     mixture=s.options.mixture or "two-sided",
+                                     futility=None if s.options.futility == "off" else s.options.futility)
     return sequential.certify_anytime(smoothed, x, s.alpha, max_n=s.n, batch_size=s.batch, seed=s.seed, index=idx,
                                       n0=s.n0, step=step, bound=s.options.bound or "one-class")
 

@@ -284,7 +284,8 @@ def certify_at(smoothed: Smoothed, x: torch.Tensor, radius: float | Sequence[flo
     grid: see the module docstring). ``mixture="one-sided"`` decides with fewer samples. ``futility``
     (gamma) gives up on a radius once its rate is, with confidence 1 - gamma, below what the test needs by
     max_n (`certify.betting.sequential_test`): never a wrong certificate, at most gamma of power at rates
-    the budget can certify.
+    the budget can certify (off when None, here; the CLI and compare configs use 0.3,
+    `certify.settings.SEQUENTIAL_FUTILITY`).
 
     >>> from torch import nn
     >>> g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), sigma=0.5, num_classes=2)

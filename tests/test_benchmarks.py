@@ -40,7 +40,9 @@ def test_sequential_mnist_tiny(tmp_path):
          "--pack-images", "2", "--batch", "200", "--step", "100", "--quiet", "--out", str(out)])
     assert json.loads(out.read_text())["sigmas"][0]["sigma"] == 0.5
     (s,) = result["sigmas"]
-    assert set(s["sequential"]) == set(s["cohen"]["sequential_on_same_images"]) == {"two-sided", "one-sided"}
+    labels = {"two-sided", "one-sided", "two-sided, futility 0.3", "one-sided, futility 0.3"}
+    assert set(s["sequential"]) == set(s["cohen"]["sequential_on_same_images"]) == labels
+    assert result["futility"] == [None, 0.3]
     cohen = s["cohen"]
     assert cohen["images"] == 2 and cohen["samples_per_image"] == 400
     assert all(0.0 <= v <= 1.0 for v in cohen["certified_accuracy"].values())
@@ -51,8 +53,12 @@ def test_sequential_mnist_tiny(tmp_path):
         assert same["sample_ratio"] == pytest.approx(400 / same["mean_samples"])
     assert s["packing"]["mixture"] == "two-sided" and s["packing"]["images"] == 2
 
+    for mixture in ("two-sided", "one-sided"):  # the rule only ever stops earlier, never certifies more
+        off, on = s["sequential"][mixture], s["sequential"][f"{mixture}, futility 0.3"]
+        assert on["mean_samples"] <= off["mean_samples"]
+        assert all(on["certified_accuracy"][r] <= off["certified_accuracy"][r] for r in off["certified_accuracy"])
     table = _load("sequential_mnist").markdown(result).splitlines()
-    assert len(table) == 2 + 5 and table[2].startswith("| 0.5 | Cohen, n = 300 | 2 | 400 |")
+    assert len(table) == 2 + 9 and table[2].startswith("| 0.5 | Cohen, n = 300 | 2 | 400 |")
     same = cohen["sequential_on_same_images"]["one-sided"]
     assert f"| {same['sample_ratio']:.1f}x |" in table[4] and "one-sided, same digits" in table[4]
 

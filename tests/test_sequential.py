@@ -276,8 +276,9 @@ def test_bad_threshold_arguments_raise():
 
 
 def test_the_readme_command_with_its_defaults_spends_the_benchmarks_samples(tmp_path):
-    """`dsmooth certify --mode sequential` without --step checks every 100 samples, whatever the batch,
-    so it spends exactly what benchmarks/sequential_mnist.py (step 100) spends on the same digits."""
+    """`dsmooth certify --mode sequential` without --step checks every 100 samples, whatever the batch, with
+    the futility rule at 0.3, so it spends exactly what benchmarks/sequential_mnist.py (step 100, futility 0.3)
+    spends on the same digits."""
     import json
 
     from certify.cli import main
@@ -291,13 +292,14 @@ def test_the_readme_command_with_its_defaults_spends_the_benchmarks_samples(tmp_
     assert main(["certify", "--mode", "sequential", "--radii", "0.25,0.5,1.0", "--classifier", "small-cnn.mnist5k",
                  "--denoiser", "dncnn.mnist5k_s050_mse", "--dataset", "mnist5k:test", "--sigma", "0.5",
                  "--n", "3000", "--mixture", "one-sided", "--skip", "125", "--quiet", "--out", str(out)]) == 0
-    assert json.loads(out.with_suffix(".json").read_text())["settings"]["options"]["step"] == 100
+    options = json.loads(out.with_suffix(".json").read_text())["settings"]["options"]
+    assert options["step"] == 100 and options["futility"] == 0.3
     used = [int(line.split("\t")[8]) for line in out.read_text().splitlines()[1:]]
     data = create_dataset("mnist5k:test")
     g = Smoothed(create_classifier("small-cnn.mnist5k"), create_denoiser("dncnn.mnist5k_s050_mse"), sigma=0.5)
     indices = list(range(0, 1000, 125))
     bench = [c.n for c in certify_at_many(g, [data[i][0] for i in indices], [0.25, 0.5, 1.0], 0.001, 3000, 100,
-                                          indices=indices, step=100, mixture="one-sided")]
+                                          indices=indices, step=100, mixture="one-sided", futility=0.3)]
     assert used == bench and min(used) < 1000  # the old default (one check per batch of 1,000) spent >= 1,000
 
 
@@ -337,3 +339,19 @@ def test_futility_option_is_checked_and_recorded(tmp_path, capsys):
     import json
 
     assert json.loads((tmp_path / "c.json").read_text())["settings"]["options"]["futility"] == 0.1
+    with pytest.raises(SystemExit) as stop:  # argparse's own usage error
+        main([*args, "--futility", "maybe", "--out", str(tmp_path / "d.tsv")])
+    assert stop.value.code == 2
+    assert "expected a probability in (0, 1) or 'off', got 'maybe'" in capsys.readouterr().err
+    assert not (tmp_path / "d.tsv").exists()
+    # off, on the command line or as YAML's bare `off` (false) in a compare config, is recorded as "off"
+    assert main([*args, "--futility", "off", "--out", str(tmp_path / "e.tsv")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["settings"]["options"]["futility"] == "off"
+    from certify.settings import RunSettings
+
+    settings = RunSettings(classifier="small-cnn", dataset="digits", sigma=0.5, n=100, mode="sequential",
+                           options={"radii": [0.5], "futility": False}).validate()
+    assert settings.options.futility == "off"
+    # resuming with the default (0.3) is refused: the run was made with the rule off
+    assert main([*args, "--out", str(tmp_path / "e.tsv")]) == 2
+    assert "futility" in capsys.readouterr().err
