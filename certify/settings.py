@@ -210,10 +210,10 @@ class RunSettings:
 SEQUENTIAL_STEP = 100
 
 #: sequential mode's futility level gamma unless told otherwise ("off" turns the rule off). Exact cost
-#: (`SequentialTest.operating_characteristics`, max_n = 100,000, p0 = Phi(r/sigma) for r/sigma = 0.5, 1, 2):
-#: at most 1.0 point of certification probability at any rate from q to q + (q - p0), about half the
-#: samples at p0; on the MNIST benchmark it keeps Cohen's certified accuracy (README, Sample-efficient
-#: certification). 0.2 kept the same accuracy but saved nothing on Cohen's 20 digits at sigma 0.5.
+#: (benchmarks/futility_cost.py: max_n = 100,000, p0 = Phi(r/sigma) for r/sigma = 0.5, 1, 2): at most 1.1
+#: points of certification probability at rates from q to q + (q - p0), about half the samples at p0; on
+#: the MNIST benchmark it keeps Cohen's certified accuracy (README, Sample-efficient certification). 0.2
+#: kept the same accuracy but saved nothing on Cohen's 20 digits at sigma 0.5.
 SEQUENTIAL_FUTILITY = 0.3
 
 ATTACK_OPTIONS = ("eps", "attack_steps", "attack_step_size", "attack_m", "attack_restarts")

@@ -95,3 +95,21 @@ def test_two_class_gain_compares_the_same_samples(tmp_path):
     with pytest.raises(ValueError, match="expected .* one-class and .* two-class"):
         _load("two_class_gain").main(["--one", str(tmp_path / "two"), "--two", str(tmp_path / "two"),
                                       "--out", str(out)])
+
+
+def test_futility_cost_tiny(tmp_path):
+    """Exact operating characteristics: the rule never certifies more and saves samples at p0."""
+    out = tmp_path / "f.json"
+    result = _load("futility_cost").main(["--r-over-sigma", "1", "--gammas", "0.3", "--max-n", "3000",
+                                          "--alpha", "0.01", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    (t,) = result["thresholds"]
+    assert t["p0"] < t["q"] < 1 and list(t["futility"]) == ["off", "0.3"]
+    off, on = t["futility"]["off"], t["futility"]["0.3"]
+    for name in off:
+        assert on[name]["p_certify"] <= off[name]["p_certify"] + 1e-12
+        assert abs(on[name]["p_certify"] + on[name]["p_abstain"] - 1) < 1e-9
+    assert off["p0"]["p_certify"] <= 0.01 and on["p0"]["mean_samples"] < 0.8 * off["p0"]["mean_samples"]
+    assert off["q + (q - p0)"]["p_certify"] - on["q + (q - p0)"]["p_certify"] <= 0.3
+    table = _load("futility_cost").markdown(result, "0.3").splitlines()
+    assert len(table) == 2 + 5 and table[0].startswith("| rate | P(certify), off | P(certify), 0.3 |")
