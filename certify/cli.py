@@ -14,7 +14,8 @@ from typing import Sequence
 
 from .errors import ResumableStop
 from .launch import add_training_args, training_overrides
-from .settings import AUTOCAST, MIXTURES, RUN_DEFAULTS, SEQUENTIAL_FUTILITY, RunSettings
+from .settings import (AUTOCAST, BOUNDARIES, MIXTURES, RUN_DEFAULTS, SEQUENTIAL_BOUNDARY, SEQUENTIAL_FUTILITY,
+                       SEQUENTIAL_GROWTH, SEQUENTIAL_STEP, RunSettings)
 from .stats import BOUNDS
 
 log = logging.getLogger("dsmooth")
@@ -42,8 +43,15 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
                             "with a bound on the runner-up class too, alpha split between them)")
         p.add_argument("--radii", default=None, help="sequential mode: comma-separated radii to decide")
         p.add_argument("--step", type=int, default=None,
-                       help="sequential/anytime: samples between checks (default 100, or --batch if smaller); with a "
-                            "larger --batch several images share a batch")
+                       help=f"sequential/anytime: samples before the first check and at least between two (default "
+                            f"{SEQUENTIAL_STEP}, or --batch if smaller); several images share a batch")
+        p.add_argument("--growth", type=float, default=None,
+                       help=f"sequential/anytime: later checks GROWTH n samples apart, at most --batch (default "
+                            f"{SEQUENTIAL_GROWTH}; 0: every --step samples)")
+        p.add_argument("--boundary", choices=BOUNDARIES, default=None,
+                       help="sequential: exact (later thresholds lowered until the exact chance of a wrong certificate on "
+                            "the schedule is alpha) or ville (ln(1/alpha) at every check). Default "
+                            f"{SEQUENTIAL_BOUNDARY}")
         p.add_argument("--futility", type=_futility, default=None, metavar="GAMMA",
                        help="sequential: give up on a radius once, with confidence 1 - GAMMA, its rate is below what "
                             "the test needs by --n (never a wrong certificate; at most GAMMA of power lost where --n "
@@ -203,6 +211,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     mode = args.command if args.command in ("predict", "attack") else {"cohen": "certify"}.get(args.mode, args.mode)
     sequential = {k: v for k, v in (("radii", _parse_floats(getattr(args, "radii", None), "--radii")),
                                     ("step", getattr(args, "step", None)),
+                                    ("growth", getattr(args, "growth", None)),
+                                    ("boundary", getattr(args, "boundary", None)),
                                     ("mixture", getattr(args, "mixture", None)),
                                     ("futility", getattr(args, "futility", None)),
                                     ("bound", getattr(args, "bound", None)),

@@ -20,8 +20,8 @@ The output folder gets one TSV + JSON per pipeline, ``table.md``/``table.csv`` (
 the radius grid, clean accuracy, ACR, abstain rate, seconds per image), ``curves.png`` and a
 ``README.md`` saying what was run. A pipeline whose TSV is complete is skipped on a re-run.
 ``mode: sequential`` decides each positive radius of ``radii`` with the anytime-valid test (``n`` is
-then the most samples an image may use; optional ``step``, ``mixture``, ``futility``: a level, default
-0.3, or ``off``); ``mode: anytime`` too.
+then the most samples an image may use; optional ``step``, ``growth``, ``boundary``, ``mixture``,
+``futility``: a level, default 0.3, or ``off``); ``mode: anytime`` too (``step``, ``growth``).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, l
         options.update({f"attack_{k}": a[k] for k in ("steps", "step_size", "m", "restarts") if k in a})
     elif mode == "sequential":
         options["radii"] = [float(r) for r in config.get("radii") or [] if float(r) > 0]
-    for key in ("step", "mixture", "bound", "futility"):
+    for key in ("step", "growth", "boundary", "mixture", "bound", "futility"):
         if config.get(key) is not None and not attack:
             options[key] = config[key]
     return RunSettings(

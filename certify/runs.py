@@ -269,14 +269,15 @@ def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, label: int
                            restarts=o.attack_restarts)
     from . import sequential
 
-    step = s.options.step
+    o = s.options
+    schedule = dict(step=o.step, growth=o.growth or 0.0)
     if s.mode == "sequential":
-        return sequential.certify_at(smoothed, x, sorted(s.options.radii), s.alpha, max_n=s.n, batch_size=s.batch,
-                                     seed=s.seed, index=idx, n0=s.n0, step=step,
-                                     mixture=s.options.mixture or "two-sided",
-                                     futility=None if s.options.futility == "off" else s.options.futility)
+        return sequential.certify_at(smoothed, x, sorted(o.radii), s.alpha, max_n=s.n, batch_size=s.batch,
+                                     seed=s.seed, index=idx, n0=s.n0, mixture=o.mixture or "two-sided",
+                                     futility=None if o.futility == "off" else o.futility,
+                                     boundary=o.boundary or "ville", **schedule)
     return sequential.certify_anytime(smoothed, x, s.alpha, max_n=s.n, batch_size=s.batch, seed=s.seed, index=idx,
-                                      n0=s.n0, step=step, bound=s.options.bound or "one-class")
+                                      n0=s.n0, bound=o.bound or "one-class", **schedule)
 
 
 def _merge(out: Path, columns: Sequence[str], allowed: set[int]) -> None:

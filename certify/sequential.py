@@ -1,14 +1,13 @@
 """Anytime-valid sequential certification: decide with as few samples as the image needs.
 
 Cohen's CERTIFY spends a fixed n (100,000) on every image. Here the n fresh samples arrive in chunks
-and a betting test (`certify.betting`, Voracek, NeurIPS 2024) is read after each chunk; it stops as
-soon as it is sure, with the same 1 - alpha guarantee at whatever time it stops.
+and a betting test (`certify.betting`, Voracek, NeurIPS 2024) is read at the end of each, on a schedule
+fixed in advance (`certify.boundary`); it stops as soon as it is sure, with the same 1 - alpha guarantee.
 
-Several images share a batch (:func:`certify_at_many`, :func:`certify_anytime_many`): each image
-draws fixed chunks of ``step`` samples from its own generator, so results depend on
-(seed, index, n0, step, max_n) but not on the batch size or on which images shared a batch.
-Counts stay on the device during a batch and are read to the host once per batch, because the
-decision to stop (and what to sample next) needs them.
+Several images share a batch (:func:`certify_at_many`, :func:`certify_anytime_many`, packed by
+`certify.packing`): each image draws, from its own generators, the chunks its selection and its
+schedule of checks ask for, so results depend on (seed, index, n0, the schedule, max_n) but not on the
+batch size or on which images shared a batch.
 """
 
 from __future__ import annotations
@@ -21,8 +20,10 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from .betting import (MIXTURES, SequentialTest, anytime_radius, log_martingale, log_martingale_one_sided,
-                      lower_confidence_bound, sequential_test, upper_confidence_bound)
+from .betting import (MIXTURES, anytime_radius, log_martingale, log_martingale_one_sided, lower_confidence_bound,
+                      upper_confidence_bound)
+from .boundary import BOUNDARIES, SequentialTest, check_schedule, sequential_test
+from .packing import run_packed
 from .smoothing import ABSTAIN, Certificate, Smoothed
 from .stats import BOUNDS, check_alpha, radius_from_p, two_class_levels, two_class_radius
 
@@ -38,7 +39,8 @@ class GridCertificate:
     ``certified[i]`` says whether g is certified to predict ``cA`` on the ball of radius ``radii[i]``
     (radii ascending); ``decided_at[i]`` is the test sample count at which radius i was decided
     (certified, abstained, or max_n reached). ``n`` test samples (``nA`` hits) plus ``n0`` selection
-    samples were drawn. ``pA_lower`` is L_n at the stop (a valid bound there too, 0 when n = 0).
+    samples were drawn (at most the n0 asked for: selection stops once its argmax is settled).
+    ``pA_lower`` is L_n at the stop (a valid bound there too, 0 when n = 0).
     ``prediction`` is cA when at least one radius is certified, else -1; ``radius`` is the largest
     certified radius (0.0 when none), which is what a TSV line records.
     """
@@ -73,38 +75,59 @@ def _check_radii(radius: float | Sequence[float]) -> tuple[float, ...]:
 
 
 class _Job:
-    """Selection (n0 draws, stream "selection"), then test chunks of ``step`` draws ("sequential")."""
+    """Selection (stream "selection"), then test chunks ("sequential") up to each check of the schedule.
 
-    def __init__(self, smoothed: Smoothed, x: torch.Tensor, index: int, seed: int, n0: int, step: int,
-                 max_n: int) -> None:
-        self.x, self.index, self.n0, self.step, self.max_n = x, index, n0, step, max_n
+    Selection stops once its argmax cannot change whatever the rest of the n0 draws say (curtailment):
+    cA is the argmax all n0 draws would give, for half of them when every draw agrees. Each chunk asks for the
+    fewest draws that could settle it.
+    """
+
+    def __init__(self, smoothed: Smoothed, x: torch.Tensor, index: int, seed: int, n0: int,
+                 checks: Sequence[int], max_step: int) -> None:
+        self.x, self.index, self.n0, self.checks, self.max_step = x, index, n0, checks, max_step
+        self.max_n = checks[-1]
         self.sel_gen = smoothed.generator(seed, index, "selection")
         self.test_gen = smoothed.generator(seed, index, "sequential")
         self.sel_counts = np.zeros(smoothed.num_classes, dtype=np.int64)
         self.counts = np.zeros(smoothed.num_classes, dtype=np.int64)  # of the test samples
         self.sel_drawn = 0
         self.cA: int | None = None
-        self.n = self.nA = 0
+        self.n = self.nA = self.k = 0  # k: the next check
         self.done = False
 
     def next_chunk(self) -> tuple[torch.Generator, int]:
         if self.cA is None:
-            return self.sel_gen, min(self.step, self.n0 - self.sel_drawn)
-        return self.test_gen, min(self.step, self.max_n - self.n)
+            return self.sel_gen, min(self.max_step, self._selection_gap())
+        return self.test_gen, self.checks[self.k] - self.n
+
+    def _selection_gap(self) -> int:
+        """The fewest further draws after which the argmax may be settled (all of them going to it)."""
+        left = self.n0 - self.sel_drawn
+        margins = self.sel_counts[self.sel_counts.argmax()] - np.delete(self.sel_counts, self.sel_counts.argmax())
+        return min(left, max(1, (left - int(margins.min(initial=left))) // 2 + 1))
+
+    def _selection_settled(self) -> bool:
+        """True when the argmax of the n0 draws is already known (ties go to the lower class, as argmax does)."""
+        left, a = self.n0 - self.sel_drawn, int(self.sel_counts.argmax())
+        margin = self.sel_counts[a] - self.sel_counts
+        classes = np.arange(self.sel_counts.size)
+        return bool(np.all((classes == a) | (margin > left) | ((margin == left) & (classes > a))))
 
     def observe(self, counts: np.ndarray, size: int) -> None:
         if self.cA is None:
             self.sel_counts += counts
             self.sel_drawn += size
-            if self.sel_drawn >= self.n0:
+            if self._selection_settled():
                 self.cA = int(self.sel_counts.argmax())
             return
         self.n += size
         self.counts += counts
         self.nA = int(self.counts[self.cA])
-        self.done = self.check()
+        if self.n == self.checks[self.k]:
+            self.k += 1
+            self.done = self.check()
 
-    def check(self) -> bool:  # decide after a test chunk; True when finished
+    def check(self) -> bool:  # decide at a check of the schedule; True when finished
         raise NotImplementedError
 
     def result(self):
@@ -131,7 +154,7 @@ class _GridJob(_Job):
     def result(self) -> GridCertificate:
         lower = lower_confidence_bound(self.nA, self.n, self.tests[0].alpha) if self.n else 0.0
         return GridCertificate(self.cA, self.radii, tuple(d > 0 for d in self.decision),
-                               tuple(self.decided_at), float(lower), self.nA, self.n, self.n0)
+                               tuple(self.decided_at), float(lower), self.nA, self.n, self.sel_drawn)
 
 
 class _AnytimeJob(_Job):
@@ -170,73 +193,21 @@ class _AnytimeJob(_Job):
     def result(self) -> Certificate:
         radius = self.radius(self.lower, self.upper)
         upper = None if self.upper is None else min(self.upper, 1.0 - self.lower)
-        return Certificate(self.cA if radius > 0 else ABSTAIN, radius, self.lower, self.nA, self.n, self.n0, upper)
+        return Certificate(self.cA if radius > 0 else ABSTAIN, radius, self.lower, self.nA, self.n, self.sel_drawn, upper)
 
 
-@torch.inference_mode()
-def _run(smoothed: Smoothed, jobs: Iterable[_Job], batch_size: int) -> Iterator[_Job]:
-    """Pack chunks of several images into each batch; yield finished jobs in input order (eval mode)."""
-    with smoothed.evaluating():
-        yield from _packed(smoothed, jobs, batch_size)
-
-
-def _packed(smoothed: Smoothed, jobs: Iterable[_Job], batch_size: int) -> Iterator[_Job]:
-    jobs = iter(jobs)
-    active: list[_Job] = []
-    finished: dict[int, _Job] = {}
-    order: list[int] = []  # ids in input order, for in-order yielding
-    exhausted = False
-    shape = None
-    while True:
-        batch: list[tuple[_Job, int]] = []
-        used, blocked = 0, False
-        for job in active:
-            size = job.next_chunk()[1]
-            if used + size <= batch_size:
-                batch.append((job, size))
-                used += size
-            else:
-                blocked = True  # someone already waits: start no new image this batch
-        while used < batch_size and not exhausted and not blocked:
-            job = next(jobs, None)
-            if job is None:
-                exhausted = True
-                break
-            if shape is None:
-                shape = job.x.shape
-            elif job.x.shape != shape:
-                raise ValueError(f"images packed together must share one shape, got {tuple(job.x.shape)} "
-                                 f"after {tuple(shape)}")
-            active.append(job)
-            order.append(id(job))
-            finished[id(job)] = None
-            size = job.next_chunk()[1]
-            if used + size > batch_size:
-                break  # it starts in the next batch
-            batch.append((job, size))
-            used += size
-        if not batch:
-            break
-        counts, bad = smoothed.sample_batch([(job.x, size, job.next_chunk()[0]) for job, size in batch])
-        smoothed.refuse_if(bad, f"a batch of {used} noisy images")
-        counts = counts.cpu().numpy()  # the one host read per batch: stopping needs it
-        for (job, size), row in zip(batch, counts):
-            job.observe(row, size)
-            if job.done:
-                active.remove(job)
-                finished[id(job)] = job
-        while order and finished[order[0]] is not None:
-            yield finished.pop(order.pop(0))
-
-
-def _check_engine_args(smoothed: Smoothed, alpha: float, max_n: int, batch_size: int, n0: int,
-                       step: int | None) -> int:
+def _schedule(smoothed: Smoothed, alpha: float, max_n: int, batch_size: int, n0: int, step: int | None,
+              growth: float, max_step: int | None) -> tuple[tuple[int, ...], int]:
+    """(checks, max_step) after checking the engine's arguments; step and max_step default to batch_size."""
     check_alpha(alpha)
     Smoothed.check_counts(max_n=max_n, batch_size=batch_size, n0=n0)
     step = batch_size if step is None else step
     if not (isinstance(step, int) and 1 <= step <= batch_size):
         raise ValueError(f"step must be an int in [1, batch_size={batch_size}], got {step!r}")
-    return step
+    max_step = batch_size if max_step is None else max_step
+    if not (isinstance(max_step, int) and step <= max_step <= batch_size):
+        raise ValueError(f"max_step must be an int in [step={step}, batch_size={batch_size}], got {max_step!r}")
+    return check_schedule(max_n, step, growth, max_step), max_step
 
 
 def _indexed(smoothed: Smoothed, images: Iterable[torch.Tensor], indices: Iterable[int] | None):
@@ -249,12 +220,15 @@ def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: 
                     alpha: float, max_n: int, batch_size: int, seed: int = 0,
                     indices: Iterable[int] | None = None, n0: int = 100, step: int | None = None,
                     abstain_alpha: float | None = None, mixture: str = "two-sided",
-                    futility: float | None = None) -> Iterator[GridCertificate]:
+                    futility: float | None = None, growth: float = 0.0, max_step: int | None = None,
+                    boundary: str = "ville") -> Iterator[GridCertificate]:
     """:func:`certify_at` for a stream of images, several per batch; yields results in input order.
 
-    Each image draws ``step`` samples at a time (default: batch_size, one image per batch); with
-    step < batch_size up to batch_size // step images share a batch and a finished image's slot
-    goes to the next one. ``indices`` name the images' random streams (default 0, 1, 2, ...).
+    The tests are read on `certify.boundary.check_schedule` (max_n, step, growth, max_step): every
+    ``step`` draws (default batch_size: one image per batch), or growing with ``growth`` up to
+    ``max_step`` (default batch_size) draws apart. Chunks smaller than the batch are packed, and a
+    finished image's slot goes to the next one. ``indices`` name the images' random streams (default
+    0, 1, 2, ...). ``boundary="exact"`` calibrates the later thresholds on that schedule.
 
     >>> from torch import nn
     >>> g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), sigma=0.5, num_classes=2)
@@ -262,30 +236,32 @@ def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: 
     >>> [len(c.certified) for c in certify_at_many(g, xs, [0.1, 0.2], 0.01, 400, 100, step=25)]
     [2, 2]
     """
-    step = _check_engine_args(smoothed, alpha, max_n, batch_size, n0, step)
+    checks, max_step = _schedule(smoothed, alpha, max_n, batch_size, n0, step, growth, max_step)
     radii = _check_radii(radius)
-    tests = [sequential_test(float(norm.cdf(r / smoothed.sigma)), alpha, max_n, abstain_alpha, mixture, futility)
-             for r in radii]
-    jobs = (_GridJob(smoothed, x, index, seed, n0, step, max_n, radii=radii, tests=tests)
+    tests = [sequential_test(float(norm.cdf(r / smoothed.sigma)), alpha, max_n, abstain_alpha, mixture, futility,
+                             checks, boundary) for r in radii]
+    jobs = (_GridJob(smoothed, x, index, seed, n0, checks, max_step, radii=radii, tests=tests)
             for index, x in _indexed(smoothed, images, indices))
-    for job in _run(smoothed, jobs, batch_size):
+    for job in run_packed(smoothed, jobs, batch_size):
         yield job.result()
 
 
 def certify_at(smoothed: Smoothed, x: torch.Tensor, radius: float | Sequence[float], alpha: float,
                max_n: int, batch_size: int, seed: int = 0, index: int = 0, n0: int = 100,
                step: int | None = None, abstain_alpha: float | None = None,
-               mixture: str = "two-sided", futility: float | None = None) -> GridCertificate:
+               mixture: str = "two-sided", futility: float | None = None, growth: float = 0.0,
+               max_step: int | None = None, boundary: str = "ville") -> GridCertificate:
     """Is g certified at ``radius`` (or at each radius of a grid)? Stop as soon as all are decided.
 
-    cA is Cohen's: the most frequent class among n0 draws of the "selection" stream. Then up to
-    max_n fresh draws of the "sequential" stream, checked every ``step`` (default batch_size) draws.
-    With probability >= 1 - alpha no radius of the grid is certified wrongly (one alpha for the whole
-    grid: see the module docstring). ``mixture="one-sided"`` decides with fewer samples. ``futility``
-    (gamma) gives up on a radius once its rate is, with confidence 1 - gamma, below what the test needs by
-    max_n (`certify.betting.sequential_test`): never a wrong certificate, at most gamma of power at rates
-    the budget can certify (off when None, here; the CLI and compare configs use 0.3,
-    `certify.settings.SEQUENTIAL_FUTILITY`).
+    cA is Cohen's: the most frequent class among n0 draws of the "selection" stream (drawn until it
+    cannot change). Then up to max_n fresh draws of the "sequential" stream, read at the checks of
+    :func:`certify_at_many`. With probability >= 1 - alpha no radius of the grid is certified wrongly
+    (one alpha for the whole grid: `certify.betting`). ``mixture="one-sided"`` and ``boundary="exact"``
+    decide with fewer samples (`certify.boundary`). ``futility`` (gamma) gives up on a radius once its rate
+    is, with confidence 1 - gamma, below what the test needs by max_n (`certify.boundary.sequential_test`):
+    never a wrong certificate, at most gamma of power at rates the budget can certify. Here every
+    option defaults to the plain test; the CLI's defaults are `certify.settings`' (one-sided, exact,
+    futility 0.3, step 10, growth 0.02).
 
     >>> from torch import nn
     >>> g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), sigma=0.5, num_classes=2)
@@ -294,13 +270,14 @@ def certify_at(smoothed: Smoothed, x: torch.Tensor, radius: float | Sequence[flo
     ((0.25, 0.5), True)
     """
     return next(certify_at_many(smoothed, [x], radius, alpha, max_n, batch_size, seed, [index], n0, step,
-                                abstain_alpha, mixture, futility))
+                                abstain_alpha, mixture, futility, growth, max_step, boundary))
 
 
 def certify_anytime_many(smoothed: Smoothed, images: Iterable[torch.Tensor], alpha: float, max_n: int,
                          batch_size: int, seed: int = 0, indices: Iterable[int] | None = None,
                          n0: int = 100, step: int | None = None, rtol: float = 0.05,
-                         bound: str = "one-class") -> Iterator[Certificate]:
+                         bound: str = "one-class", growth: float = 0.0,
+                         max_step: int | None = None) -> Iterator[Certificate]:
     """:func:`certify_anytime` for a stream of images, several per batch; yields in input order.
 
     >>> from torch import nn
@@ -309,23 +286,25 @@ def certify_anytime_many(smoothed: Smoothed, images: Iterable[torch.Tensor], alp
     >>> len(list(certify_anytime_many(g, xs, 0.01, 400, 100, step=50)))
     2
     """
-    step = _check_engine_args(smoothed, alpha, max_n, batch_size, n0, step)
+    checks, max_step = _schedule(smoothed, alpha, max_n, batch_size, n0, step, growth, max_step)
     if not (isinstance(rtol, (int, float)) and rtol >= 0):
         raise ValueError(f"rtol must be a number >= 0 (a fraction of sigma), got {rtol!r}")
     if bound not in BOUNDS or (bound == "two-class" and smoothed.num_classes < 2):
         raise ValueError(f"bound must be one of {', '.join(BOUNDS)} (two-class needs >= 2 classes), got {bound!r}")
-    jobs = (_AnytimeJob(smoothed, x, index, seed, n0, step, max_n, sigma=smoothed.sigma, alpha=alpha,
+    jobs = (_AnytimeJob(smoothed, x, index, seed, n0, checks, max_step, sigma=smoothed.sigma, alpha=alpha,
                         rtol=float(rtol), bound=bound) for index, x in _indexed(smoothed, images, indices))
-    for job in _run(smoothed, jobs, batch_size):
+    for job in run_packed(smoothed, jobs, batch_size):
         yield job.result()
 
 
 def certify_anytime(smoothed: Smoothed, x: torch.Tensor, alpha: float, max_n: int, batch_size: int,
                     seed: int = 0, index: int = 0, n0: int = 100, step: int | None = None,
-                    rtol: float = 0.05, bound: str = "one-class") -> Certificate:
+                    rtol: float = 0.05, bound: str = "one-class", growth: float = 0.0,
+                    max_step: int | None = None) -> Certificate:
     """(cA, radius) from the confidence sequence, valid at whatever n the sampling stopped.
 
-    After each chunk: L = the running max of L_n, radius = sigma PhiInv(L) (abstain when L <= 1/2).
+    At each check (:func:`certify_at_many`'s schedule): L = the running max of L_n, radius = sigma PhiInv(L)
+    (abstain when L <= 1/2).
     ``bound="two-class"``: L_n at alpha/2 and U = the running min of the runner-up's upper confidence
     sequence at alpha/(2(K-1)), radius sigma/2 (PhiInv(L) - PhiInv(U)) (Cohen mode's split).
     Stopping rule: stop at max_n, or once the projected gain is small: if the hit rate stayed at
@@ -338,11 +317,12 @@ def certify_anytime(smoothed: Smoothed, x: torch.Tensor, alpha: float, max_n: in
     >>> c.n <= 1000 and c.radius >= 0
     True
     """
-    return next(certify_anytime_many(smoothed, [x], alpha, max_n, batch_size, seed, [index], n0, step, rtol, bound))
+    return next(certify_anytime_many(smoothed, [x], alpha, max_n, batch_size, seed, [index], n0, step, rtol, bound,
+                                     growth, max_step))
 
 
 __all__ = [
-    "MIXTURES", "GridCertificate", "SequentialTest", "anytime_radius", "certify_anytime", "certify_anytime_many",
+    "BOUNDARIES", "MIXTURES", "check_schedule", "GridCertificate", "SequentialTest", "anytime_radius", "certify_anytime", "certify_anytime_many",
     "certify_at", "certify_at_many", "log_martingale", "log_martingale_one_sided", "lower_confidence_bound",
     "sequential_test",
     "upper_confidence_bound",

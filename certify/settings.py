@@ -14,6 +14,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .betting import MIXTURES
+from .boundary import BOUNDARIES
 from .results import COLUMNS
 from .stats import BOUNDS, check_alpha
 
@@ -37,7 +38,9 @@ class RunOptions:
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)
     label_from_api: bool = False                # ground truth = a remote API's top label on the clean image
     radii: list[float] | None = None            # sequential mode: the radii to decide
-    step: int | None = None                     # sequential/anytime: samples between checks (default SEQUENTIAL_STEP)
+    step: int | None = None                     # sequential/anytime: first check, least gap (SEQUENTIAL_STEP)
+    growth: float | None = None                 # sequential/anytime: later gaps growth n (SEQUENTIAL_GROWTH)
+    boundary: str | None = None                 # sequential: "exact" or "ville" (SEQUENTIAL_BOUNDARY)
     mixture: str | None = None                  # sequential: the betting test's prior
     futility: float | str | None = None         # sequential: give up on a radius the budget cannot reach (gamma, or "off")
     bound: str | None = None                    # certify/anytime: "two-class" (Theorem 1 with the runner-up); unset: one-class
@@ -70,6 +73,10 @@ class RunOptions:
             raise ValueError(f"options batch is 'auto' or unset, got {self.batch!r}")
         if self.step is not None and not (isinstance(self.step, int) and self.step >= 1):
             raise ValueError(f"step must be an int >= 1, got {self.step!r}")
+        if self.growth is not None and not (_number(self.growth) and self.growth >= 0):
+            raise ValueError(f"growth must be a number >= 0 (0: a check every step samples), got {self.growth!r}")
+        if self.boundary not in (None, *BOUNDARIES):
+            raise ValueError(f"boundary must be {' or '.join(map(repr, BOUNDARIES))}, got {self.boundary!r}")
         if self.mixture is not None and self.mixture not in MIXTURES:
             raise ValueError(f"mixture must be {' or '.join(map(repr, MIXTURES))}, got {self.mixture!r}")
         if self.futility is False:  # YAML reads a bare `off` as false
@@ -165,8 +172,11 @@ class RunSettings:
         if self.max is not None and not (isinstance(self.max, int) and self.max >= 1):
             raise ValueError(f"max must be an int >= 1 (a dataset index bound), got {self.max!r}")
         self._typed_options().validate()
-        if self.options.futility is not None and self.mode != "sequential":
-            raise ValueError(f"futility is a sequential-mode option, not for {self.mode!r}")
+        for name in ("futility", "boundary"):
+            if getattr(self.options, name) is not None and self.mode != "sequential":
+                raise ValueError(f"{name} is a sequential-mode option, not for {self.mode!r}")
+        if self.options.growth is not None and self.mode not in ("sequential", "anytime"):
+            raise ValueError(f"growth is a sequential/anytime-mode option, not for {self.mode!r}")
         if self.mode == "sequential":
             radii = self.options.radii
             if not radii or not all(isinstance(r, (int, float)) and r > 0 for r in radii):
@@ -175,12 +185,14 @@ class RunSettings:
             self.options = replace(self.options, bound=None)  # the default, recorded as unset
         if self.options.bound is not None and self.mode not in ("certify", "anytime"):
             raise ValueError(f"the two-class bound is available in certify (Cohen) and anytime modes, not {self.mode!r}")
-        if self.mode == "sequential" and self.options.futility is None:
-            self.options = replace(self.options, futility=SEQUENTIAL_FUTILITY)  # the default, recorded
-        if self.mode in ("sequential", "anytime") and self.options.step is None:
-            # checks every SEQUENTIAL_STEP samples whatever the batch (the benchmark's setting), recorded
-            self.options = replace(self.options, step=min(SEQUENTIAL_STEP, self.batch if isinstance(self.batch, int)
-                                                          else SEQUENTIAL_STEP))
+        if self.mode == "sequential":  # the defaults, recorded
+            self.options = replace(self.options, futility=_default(self.options.futility, SEQUENTIAL_FUTILITY),
+                                   boundary=_default(self.options.boundary, SEQUENTIAL_BOUNDARY))
+        if self.mode in ("sequential", "anytime"):
+            # the benchmark's schedule whatever the batch (which caps the gap between checks), recorded
+            step = min(SEQUENTIAL_STEP, self.batch if isinstance(self.batch, int) else SEQUENTIAL_STEP)
+            self.options = replace(self.options, step=_default(self.options.step, step),
+                                   growth=_default(self.options.growth, SEQUENTIAL_GROWTH))
         if self.mode == "attack":
             if not self.options.eps:
                 raise ValueError("attack mode needs the radii to attack (options['eps'] / --eps), e.g. 0.25,0.5")
@@ -205,9 +217,17 @@ class RunSettings:
                 "options": self._typed_options().record()}
 
 
-#: sequential/anytime modes check every this many samples unless told otherwise (packing several images into a
-#: batch when the batch is larger): an easy image stops after a few hundred samples, not after one whole batch.
-SEQUENTIAL_STEP = 100
+#: sequential/anytime modes check first after this many samples, and at least this far apart (packing several
+#: images into a batch when the batch is larger): an easy image stops after a few hundred samples, not a batch.
+SEQUENTIAL_STEP = 10
+
+#: ... and growth n apart once that is more (rounded down to a multiple of the step, at most the batch): 361
+#: checks up to 100,000 samples, 2% overshoot on the images that need many (`certify.boundary.check_schedule`).
+SEQUENTIAL_GROWTH = 0.02
+
+#: sequential mode's boundary unless told otherwise: "exact" lowers the later thresholds until the exact
+#: probability of a wrong certificate on the schedule is alpha (`certify.boundary`); "ville" keeps ln(1/alpha).
+SEQUENTIAL_BOUNDARY = "exact"
 
 #: sequential mode's futility level gamma unless told otherwise ("off" turns the rule off). Exact cost
 #: (benchmarks/futility_cost.py: max_n = 100,000, p0 = Phi(r/sigma) for r/sigma = 0.5, 1, 2): at most 1.1
@@ -217,6 +237,10 @@ SEQUENTIAL_STEP = 100
 SEQUENTIAL_FUTILITY = 0.3
 
 ATTACK_OPTIONS = ("eps", "attack_steps", "attack_step_size", "attack_m", "attack_restarts")
+
+
+def _default(value: Any, default: Any) -> Any:
+    return default if value is None else value
 
 
 def _number(value: Any) -> bool:
@@ -245,4 +269,4 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-__all__ = ["ATTACK_OPTIONS", "AUTOCAST", "MIXTURES", "RUN_DEFAULTS", "RunOptions", "RunSettings", "package_versions"]
+__all__ = ["ATTACK_OPTIONS", "AUTOCAST", "BOUNDARIES", "MIXTURES", "RUN_DEFAULTS", "RunOptions", "RunSettings", "package_versions"]

@@ -174,8 +174,11 @@ def test_sequential_modes_write_their_columns_and_analyze(cnn_dir, tmp_path, mod
     header, *rows = [line.split("\t") for line in out.read_text().splitlines()]
     assert header[:10] == ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "nA", "n", "n0"]
     assert len(rows) == 20
+    from certify.boundary import check_schedule
+
+    checks = set(check_schedule(2000, 10, 0.02, 100))  # the defaults: first check at 10, then 2% apart, <= batch
     for row in rows:
-        assert 100 <= int(row[8]) <= 2000 and int(row[8]) % 100 == 0  # stops early, in steps of the batch
+        assert int(row[8]) in checks and 1 <= int(row[9]) <= 100  # stops early, at a check; selection <= n0
         if mode == "sequential":
             certified = [int(v) for v in row[10].split(",")]
             assert len(certified) == 2 and float(row[3]) in {0.0, *(r for r, c in zip((0.05, 0.1), certified) if c)}

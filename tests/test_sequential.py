@@ -16,7 +16,7 @@ from torch import nn
 
 from certify import Smoothed, max_radius
 from certify.sequential import (
-    anytime_radius, certify_anytime, certify_anytime_many, certify_at, certify_at_many, log_martingale,
+    anytime_radius, certify_anytime, certify_anytime_many, certify_at, certify_at_many, check_schedule, log_martingale,
     log_martingale_one_sided, lower_confidence_bound, sequential_test,
 )
 
@@ -117,14 +117,51 @@ def test_thresholds_are_nested_across_radii():
 @pytest.mark.parametrize("mixture", ["two-sided", "one-sided"])
 @pytest.mark.parametrize("alpha", [0.05, 0.001])
 @pytest.mark.parametrize("p0", [0.6, 0.9])
-@pytest.mark.parametrize("step", [1, 37])
-def test_exact_probability_of_a_wrong_certificate_is_at_most_alpha(alpha, p0, step, mixture):
-    test = sequential_test(p0, alpha, 3000, mixture=mixture)
+@pytest.mark.parametrize("step,growth", [(1, 0.0), (37, 0.0), (10, 0.05)])
+@pytest.mark.parametrize("boundary", ["ville", "exact"])
+def test_exact_probability_of_a_wrong_certificate_is_at_most_alpha(alpha, p0, step, growth, mixture, boundary):
+    """At p0 and below, on the schedule the test is read at; the exact boundary spends (nearly) all of alpha."""
+    checks = check_schedule(3000, step, growth)
+    test = sequential_test(p0, alpha, 3000, mixture=mixture, checks=checks, boundary=boundary)
     for p in (p0, p0 - 1e-3, p0 - 0.02):
-        certified, abstained, _ = test.operating_characteristics(p, step=step)
+        certified, abstained, _ = test.operating_characteristics(p)
         assert certified <= alpha, (p, certified)
         assert certified + abstained == pytest.approx(1.0, abs=1e-12)
-    assert test.operating_characteristics(min(p0 + 0.08, 0.995), step=step)[0] > 0.5  # and it has power
+    assert test.operating_characteristics(min(p0 + 0.08, 0.995))[0] > 0.5  # and it has power
+    if boundary == "exact":
+        ville = sequential_test(p0, alpha, 3000, mixture=mixture, checks=checks)
+        assert np.all(test.certify_min <= ville.certify_min)  # never asks more than Ville's test
+        assert test.late_threshold <= ville.late_threshold == pytest.approx(math.log(1 / alpha))
+
+
+def test_exact_boundary_spends_alpha_by_simulation_too():
+    """The DP that calibrates the exact boundary, checked independently: 20,000 simulated paths at p0 cross the
+    calibrated thresholds (read only at the checks) as often as it says, nearly alpha, more than Ville's do."""
+    alpha, p0, max_n = 0.05, 0.7, 2000
+    checks = check_schedule(max_n, 10, growth=0.05)
+    exact = sequential_test(p0, alpha, max_n, mixture="one-sided", checks=checks, boundary="exact")
+    ville = sequential_test(p0, alpha, max_n, mixture="one-sided", checks=checks)
+    S = np.cumsum(np.random.default_rng(0).random((20_000, max_n)) < p0, axis=1)[:, np.array(checks) - 1]
+    for test in (exact, ville):
+        simulated = np.mean((S >= test.certify_min[np.array(checks)]).any(axis=1))
+        predicted = test.operating_characteristics(p0)[0]
+        assert abs(simulated - predicted) < 4 * math.sqrt(predicted * (1 - predicted) / 20_000) + 1e-4
+    assert 0.9 * alpha < exact.operating_characteristics(p0)[0] <= alpha  # thresholds are integers: not all of it
+    assert ville.operating_characteristics(p0)[0] < 0.8 * alpha
+
+
+def test_exact_boundary_at_the_benchmarks_scale():
+    """max_n = 100,000 on the CLI's schedule, r = 2 sigma: alpha spent exactly, all-hit images stop where
+    Ville's test stops them (360), the budget's needed rate drops and the rate 0.9812 needs fewer samples."""
+    p0, alpha, max_n = float(norm.cdf(2.0)), 0.001, 100_000
+    checks = check_schedule(max_n, 10, growth=0.02, max_step=1000)
+    exact = sequential_test(p0, alpha, max_n, mixture="one-sided", checks=checks, boundary="exact")
+    ville = sequential_test(p0, alpha, max_n, mixture="one-sided", checks=checks)
+    assert 0.99 * alpha < exact.operating_characteristics(p0)[0] <= alpha
+    assert exact.operating_characteristics(p0 - 0.001)[0] < alpha
+    first = [int(np.argmax(t.certify_min <= np.arange(max_n + 1))) for t in (exact, ville)]
+    assert first == [360, 360] and exact.needed_rate < ville.needed_rate
+    assert exact.operating_characteristics(0.9812)[2] < 0.95 * ville.operating_characteristics(0.9812)[2]
 
 
 def test_exact_computation_catches_peeking_at_clopper_pearson():
@@ -158,22 +195,23 @@ def test_mean_samples_to_decide_match_reference(radius, pA, expected):
     assert stopped_at.mean() == pytest.approx(mean_n, abs=5 * stopped_at.std() / math.sqrt(trials))
 
 
-@pytest.mark.parametrize("mixture", ["two-sided", "one-sided"])
-def test_linear_oracle_sequential_false_certificates_within_alpha(mixture):
+@pytest.mark.parametrize("mixture,boundary", [("two-sided", "ville"), ("one-sided", "ville"), ("one-sided", "exact")])
+def test_linear_oracle_sequential_false_certificates_within_alpha(mixture, boundary):
     """Radius just above the true distance: certificates there are false; rate <= alpha (and = the DP's)."""
     alpha, trials, max_n, step = 0.05, 400, 2000, 50
     distance = 0.3
     g, x = _linear_at_distance(distance)
     radii = [0.5 * distance, distance * 1.0001]
     results = list(certify_at_many(g, [x] * trials, radii, alpha, max_n, batch_size=1000, seed=1, step=step,
-                                   mixture=mixture))
+                                   mixture=mixture, boundary=boundary))
     assert {r.cA for r in results} == {1}
     false = np.array([r.certified[1] for r in results])
     allowance = 3 * math.sqrt(alpha * (1 - alpha) / trials)  # 3 binomial standard errors
     assert false.mean() <= alpha + allowance
     pA = float(norm.cdf(distance / SIGMA))
-    test = sequential_test(float(norm.cdf(radii[1] / SIGMA)), alpha, max_n, mixture=mixture)
-    predicted = test.operating_characteristics(pA, step)[0]
+    test = sequential_test(float(norm.cdf(radii[1] / SIGMA)), alpha, max_n, mixture=mixture,
+                           checks=check_schedule(max_n, step), boundary=boundary)
+    predicted = test.operating_characteristics(pA)[0]
     assert abs(false.mean() - predicted) <= 4 * math.sqrt(predicted * (1 - predicted) / trials) + 1 / trials
     assert np.mean([r.certified[0] for r in results]) > 0.9  # the smaller, true radius is found
 
@@ -203,8 +241,8 @@ def test_grid_claims_form_a_prefix(monkeypatch):
     rule is what lets one alpha cover the grid when the thresholds are not nested (one-sided)."""
     real = sequential_test
 
-    def crafted(p0, alpha, max_n, abstain_alpha=None, mixture="two-sided", futility=None):
-        t = real(p0, alpha, max_n, abstain_alpha, mixture, futility)
+    def crafted(p0, alpha, max_n, *args):
+        t = real(p0, alpha, max_n, *args)
         never, always = np.full(max_n + 1, max_n + 1), np.zeros(max_n + 1, dtype=np.int64)
         if p0 < float(norm.cdf(0.3 / SIGMA)):  # the small radius abstains at the first check
             return dataclasses.replace(t, certify_min=never, abstain_max=np.arange(max_n + 1))
@@ -222,7 +260,7 @@ def test_grid_stops_when_every_radius_is_decided():
     g, x = _linear_at_distance(3.0)  # pA = Phi(6): every draw hits
     c = certify_at(g, x, [0.25, 0.5], alpha=0.001, max_n=10_000, batch_size=10)
     assert c.certified == (True, True) and c.prediction == 1 and c.radius == 0.5
-    assert c.n == max(c.decided_at) < 200 and c.nA == c.n and c.n0 == 100
+    assert c.n == max(c.decided_at) < 200 and c.nA == c.n and c.n0 == 51  # selection: 51 agreeing draws settle it
     assert norm.cdf(0.5 / SIGMA) <= c.pA_lower == lower_confidence_bound(c.n, c.n, 0.001)
     g, x = _linear_at_distance(0.0)  # pA = 1/2: the mirror test abstains early
     c = certify_at(g, x, 0.5, alpha=0.001, max_n=100_000, batch_size=100)
@@ -238,6 +276,24 @@ def test_anytime_stops_early_and_abstains_when_hopeless():
     assert c.prediction == 1 and 0.3 < c.radius < 0.5 and c.n < 100_000
     assert c.pA_lower >= lower_confidence_bound(c.nA, c.n, 0.001)  # the running max of L_n
     assert c.radius == pytest.approx(SIGMA * norm.ppf(c.pA_lower), abs=1e-12)
+
+
+def test_selection_stops_once_its_argmax_is_settled_and_picks_cohens_class():
+    """Curtailed selection returns the argmax of all n0 draws of the selection stream (the same noise drawn at
+    once, as Cohen's selection does), ties to the lower class; it uses 51 of 100 draws when they all agree."""
+    torch.manual_seed(0)
+    g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), sigma=5.0, num_classes=3)  # votes spread
+    x = torch.rand(1, 4, 4)  # 16 values: CPU noise is the same drawn in chunks or at once
+    used, n0 = [], 100
+    for index in range(40):
+        c = certify_at(g, x, 0.1, alpha=0.01, max_n=10, batch_size=100, index=index, n0=n0)
+        with torch.no_grad():
+            counts, _ = g.sample_batch([(x, n0, g.generator(0, index, "selection"))])
+        assert c.cA == int(counts[0].argmax()), index
+        used.append(c.n0)
+    assert min(used) < n0 <= max(used)  # some settle early, some need all n0
+    g1, x1 = _linear_at_distance(3.0)  # every draw the same class
+    assert certify_at(g1, x1, 0.1, alpha=0.01, max_n=10, batch_size=100).n0 == 51
 
 
 def test_packing_does_not_change_results():
@@ -276,9 +332,10 @@ def test_bad_threshold_arguments_raise():
 
 
 def test_the_readme_command_with_its_defaults_spends_the_benchmarks_samples(tmp_path):
-    """`dsmooth certify --mode sequential` without --step checks every 100 samples, whatever the batch, with
-    the futility rule at 0.3, so it spends exactly what benchmarks/sequential_mnist.py (step 100, futility 0.3)
-    spends on the same digits."""
+    """`dsmooth certify --mode sequential` without schedule options checks after 10 samples, then 2% of n
+    apart (at most --batch), with the exact boundary and the futility rule at 0.3, whatever the batch: so it
+    spends exactly what benchmarks/sequential_mnist.py's "one-sided, futility 0.3, exact" row spends on the
+    same digits."""
     import json
 
     from certify.cli import main
@@ -293,14 +350,16 @@ def test_the_readme_command_with_its_defaults_spends_the_benchmarks_samples(tmp_
                  "--denoiser", "dncnn.mnist5k_s050_mse", "--dataset", "mnist5k:test", "--sigma", "0.5",
                  "--n", "3000", "--mixture", "one-sided", "--skip", "125", "--quiet", "--out", str(out)]) == 0
     options = json.loads(out.with_suffix(".json").read_text())["settings"]["options"]
-    assert options["step"] == 100 and options["futility"] == 0.3
-    used = [int(line.split("\t")[8]) for line in out.read_text().splitlines()[1:]]
+    assert (options["step"], options["growth"], options["boundary"], options["futility"]) == (10, 0.02, "exact", 0.3)
+    lines = [line.split("\t") for line in out.read_text().splitlines()[1:]]
+    used = [int(line[8]) + int(line[9]) for line in lines]  # test samples + selection samples
     data = create_dataset("mnist5k:test")
     g = Smoothed(create_classifier("small-cnn.mnist5k"), create_denoiser("dncnn.mnist5k_s050_mse"), sigma=0.5)
     indices = list(range(0, 1000, 125))
-    bench = [c.n for c in certify_at_many(g, [data[i][0] for i in indices], [0.25, 0.5, 1.0], 0.001, 3000, 100,
-                                          indices=indices, step=100, mixture="one-sided", futility=0.3)]
-    assert used == bench and min(used) < 1000  # the old default (one check per batch of 1,000) spent >= 1,000
+    bench = [c.n + c.n0 for c in certify_at_many(g, [data[i][0] for i in indices], [0.25, 0.5, 1.0], 0.001, 3000,
+                                                 1000, indices=indices, step=10, growth=0.02, max_step=1000,
+                                                 mixture="one-sided", futility=0.3, boundary="exact")]
+    assert used == bench and min(used) < 500  # checks every 100 spent >= 100 + 400 on these digits
 
 
 @pytest.mark.parametrize("mixture", ["two-sided", "one-sided"])
@@ -308,14 +367,13 @@ def test_futility_never_certifies_wrongly_and_costs_at_most_gamma_where_the_budg
     """Exact (dynamic programming): with the futility rule the test certifies no more often at p0 and
     below (validity), loses at most gamma of certification probability at rates the budget can certify
     (>= q; measured: at most 0.002 here), and saves a third or more of the samples at p0."""
-    from certify.betting import sequential_test
-
     p0, alpha, max_n, gamma = 0.9, 0.001, 4000, 0.1
-    base = sequential_test(p0, alpha, max_n, mixture=mixture)
-    fut = sequential_test(p0, alpha, max_n, mixture=mixture, futility=gamma)
+    checks = check_schedule(max_n, 100)
+    base = sequential_test(p0, alpha, max_n, mixture=mixture, checks=checks)
+    fut = sequential_test(p0, alpha, max_n, mixture=mixture, futility=gamma, checks=checks)
     q = fut.needed_rate
     assert p0 < q < 1 and q == base.needed_rate
-    oc = lambda test, p: test.operating_characteristics(p, step=100)  # noqa: E731
+    oc = lambda test, p: test.operating_characteristics(p)  # noqa: E731
     for p in (p0, p0 - 0.005):
         assert oc(fut, p)[0] <= oc(base, p)[0] <= alpha
     for p in (q, q + 0.005, q + 0.02):
