@@ -16,7 +16,8 @@ import argparse
 
 from scipy.stats import norm
 
-from certify.betting import MIXTURES, sequential_test
+from certify.boundary import check_schedule, sequential_test
+from certify.betting import MIXTURES
 from certify.results import write_json
 from certify.settings import SEQUENTIAL_FUTILITY
 
@@ -26,13 +27,14 @@ POINTS = {"p0": 0.0, "(p0 + q) / 2": 0.5, "q": 1.0, "q + (q - p0) / 2": 1.5, "q 
 def cost(z: float, gammas, alpha: float, max_n: int, step: int, mixture: str) -> dict:
     """The operating characteristic of the test of p0 = Phi(z) with futility off and at each gamma."""
     p0 = float(norm.cdf(z))
-    q = sequential_test(p0, alpha, max_n, None, mixture).needed_rate
+    checks = check_schedule(max_n, step)
+    q = sequential_test(p0, alpha, max_n, None, mixture, None, checks).needed_rate
     rates = {name: p0 + t * (q - p0) for name, t in POINTS.items()}
     levels = {}
     for gamma in [None, *gammas]:
-        test = sequential_test(p0, alpha, max_n, None, mixture, gamma)
+        test = sequential_test(p0, alpha, max_n, None, mixture, gamma, checks)
         levels["off" if gamma is None else f"{gamma:g}"] = {
-            name: dict(zip(("p_certify", "p_abstain", "mean_samples"), test.operating_characteristics(p, step)))
+            name: dict(zip(("p_certify", "p_abstain", "mean_samples"), test.operating_characteristics(p)))
             for name, p in rates.items()}
     return {"r_over_sigma": z, "p0": p0, "q": q, "rates": rates, "futility": levels}
 

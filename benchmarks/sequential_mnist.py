@@ -30,8 +30,8 @@ from tqdm import tqdm
 from certify import Smoothed
 from certify.data import create_dataset
 from certify.results import write_json
-from certify.sequential import MIXTURES, certify_at_many
-from certify.settings import SEQUENTIAL_FUTILITY
+from certify.sequential import BOUNDARIES, MIXTURES, certify_at_many
+from certify.settings import SEQUENTIAL_BOUNDARY, SEQUENTIAL_FUTILITY, SEQUENTIAL_GROWTH, SEQUENTIAL_STEP
 from classifiers import create_classifier
 from denoisers import create_denoiser
 
@@ -51,15 +51,19 @@ def _futility(text: str) -> float | None:
     return None if text == "off" else float(text)
 
 
-def _label(mixture: str, futility: float | None) -> str:
-    return mixture if futility is None else f"{mixture}, futility {futility:g}"
+def _label(mixture: str, futility: float | None, boundary: str) -> str:
+    return ", ".join([mixture, *([] if futility is None else [f"futility {futility:g}"]), boundary])
 
 
-def _sequential(g, images, args, batch_size, step, mixture, futility, desc):
+def _sequential(g, images, args, mixture, futility, boundary, desc, batch_size=None, step=None, growth=None):
+    """certify_at_many on the benchmark's digits; the schedule is the arguments' unless given."""
     start = time.perf_counter()
-    results = list(tqdm(certify_at_many(g, images, args.radii, args.alpha, args.max_n, batch_size,
-                                        seed=args.seed, indices=args.indices, n0=args.n0, step=step,
-                                        mixture=mixture, futility=futility),
+    growth = args.growth if growth is None else growth
+    max_step = min(args.max_step, batch_size or args.batch)
+    results = list(tqdm(certify_at_many(g, images, args.radii, args.alpha, args.max_n, batch_size or args.batch,
+                                        seed=args.seed, indices=args.indices, n0=args.n0, step=step or args.step,
+                                        mixture=mixture, futility=futility, growth=growth, max_step=max_step,
+                                        boundary=boundary),
                         total=len(images), desc=desc, disable=args.quiet))
     return results, time.perf_counter() - start
 
@@ -71,9 +75,9 @@ def run_sigma(args, sigma: float, data) -> dict:
 
     m = min(args.cohen_images, len(images))
     sequential, on_cohen_images = {}, {}
-    for mixture, futility in [(m, f) for f in args.futility for m in args.mixtures]:
-        label = _label(mixture, futility)
-        seq, seconds = _sequential(g, images, args, args.batch, args.step, mixture, futility, f"{label} s={sigma}")
+    for mixture, futility, boundary in [(m, f, b) for b in args.boundary for f in args.futility for m in args.mixtures]:
+        label = _label(mixture, futility, boundary)
+        seq, seconds = _sequential(g, images, args, mixture, futility, boundary, f"{label} s={sigma}")
         correct = np.array([r.cA == y for r, y in zip(seq, labels)])
         certified = np.array([r.certified for r in seq])  # (images, radii)
         samples = np.array([r.n0 + r.n for r in seq])
@@ -91,33 +95,47 @@ def run_sigma(args, sigma: float, data) -> dict:
                 "sample_ratio": float((args.n0 + args.cohen_n) / samples[:m].mean()),
             }
 
-    cohen, start = [], time.perf_counter()
-    for k in tqdm(range(m), desc=f"cohen n={args.cohen_n} s={sigma}", disable=args.quiet):
-        cohen.append(g.certify_full(images[k], args.n0, args.cohen_n, args.alpha, args.batch,
-                                    seed=args.seed, index=args.indices[k]))
-    cohen_time = time.perf_counter() - start
-    cohen_correct = np.array([c.prediction == y for c, y in zip(cohen, labels[:m])])
-    cohen_radius = np.array([c.radius for c in cohen])
+    cohen = _cohen(args, sigma, g, images[:m], labels[:m])
+    cohen["sequential_on_same_images"] = on_cohen_images
 
-    p = min(args.pack_images, len(images))
-    first, futility = args.mixtures[0], args.futility[0]
-    _, alone_time = _sequential(g, images[:p], args, args.step, args.step, first, futility, "one image per batch")
-    _, packed_time = _sequential(g, images[:p], args, args.batch, args.step, first, futility, "packed")
-
+    # packing, on the uniform schedule (a check every --pack-step samples) so one image per batch is possible
+    p, step = min(args.pack_images, len(images)), args.pack_step
+    first, futility, boundary = args.mixtures[0], args.futility[0], args.boundary[0]
+    _, alone_time = _sequential(g, images[:p], args, first, futility, boundary, "one image per batch", step, step, 0.0)
+    _, packed_time = _sequential(g, images[:p], args, first, futility, boundary, "packed", None, step, 0.0)
     return {
         "sigma": sigma,
         "sequential": sequential,
-        "cohen": {
-            "images": m, "n": args.cohen_n, "samples_per_image": args.n0 + args.cohen_n,
-            "certified_accuracy": _accuracy(cohen_correct, cohen_radius, args.radii), "seconds": cohen_time,
-            "sequential_on_same_images": on_cohen_images,
-        },
+        "cohen": cohen,
         "packing": {
-            "mixture": _label(first, futility), "images": p, "step": args.step, "batch": args.batch,
+            "mixture": _label(first, futility, boundary), "images": p, "step": step, "batch": args.batch,
             "images_per_s_one_per_batch": p / alone_time, "images_per_s_packed": p / packed_time,
             "speedup": alone_time / packed_time,
         },
     }
+
+
+def _cohen(args, sigma: float, g, images, labels) -> dict:
+    """Cohen's CERTIFY on the first digits, or its figures from ``--cohen-from`` when that run matches."""
+    if args.cohen_from:
+        old = json.loads(Path(args.cohen_from).read_text())
+        same = {k: old.get(k) for k in _COHEN_KEYS} == {k: getattr(args, k) for k in _COHEN_KEYS}
+        for s in old["sigmas"] if same else []:
+            if s["sigma"] == sigma and s["cohen"]["images"] == len(images) and s["cohen"]["n"] == args.cohen_n:
+                return {k: v for k, v in s["cohen"].items() if k != "sequential_on_same_images"} | {"from": args.cohen_from}
+        raise SystemExit(f"--cohen-from {args.cohen_from}: no Cohen run with these settings at sigma {sigma}")
+    cohen, start = [], time.perf_counter()
+    for k in tqdm(range(len(images)), desc=f"cohen n={args.cohen_n} s={sigma}", disable=args.quiet):
+        cohen.append(g.certify_full(images[k], args.n0, args.cohen_n, args.alpha, args.batch,
+                                    seed=args.seed, index=args.indices[k]))
+    correct = np.array([c.prediction == y for c, y in zip(cohen, labels)])
+    return {"images": len(images), "n": args.cohen_n, "samples_per_image": args.n0 + args.cohen_n,
+            "certified_accuracy": _accuracy(correct, np.array([c.radius for c in cohen]), args.radii),
+            "seconds": time.perf_counter() - start}
+
+
+#: what Cohen's results depend on (with sigma, the digits and n), for --cohen-from
+_COHEN_KEYS = ("classifier", "denoiser", "alpha", "radii", "n0", "seed")
 
 
 def markdown(result: dict) -> str:
@@ -153,8 +171,8 @@ def main(argv=None) -> dict:
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--mixtures", nargs="+", default=["two-sided", "one-sided"], choices=MIXTURES,
                    help="the sequential test's prior(s); each gets its own sequential run")
-    p.add_argument("--futility", type=_futility, nargs="+", default=[None, SEQUENTIAL_FUTILITY], metavar="GAMMA|off",
-                   help=f"futility level(s), each with every mixture (default: off and {SEQUENTIAL_FUTILITY})")
+    p.add_argument("--futility", type=_futility, nargs="+", default=[SEQUENTIAL_FUTILITY], metavar="GAMMA|off",
+                   help=f"futility level(s), each with every mixture (default {SEQUENTIAL_FUTILITY})")
     p.add_argument("--images", type=int, default=100, help="evenly spaced mnist5k:test digits")
     p.add_argument("--cohen-images", type=int, default=50, help="the first this many also run Cohen")
     p.add_argument("--cohen-n", type=int, default=100_000)
@@ -162,7 +180,13 @@ def main(argv=None) -> dict:
     p.add_argument("--max-n", type=int, default=100_000)
     p.add_argument("--n0", type=int, default=100)
     p.add_argument("--batch", type=int, default=1000)
-    p.add_argument("--step", type=int, default=100, help="samples per image between two checks")
+    p.add_argument("--step", type=int, default=SEQUENTIAL_STEP, help="samples before the first check, and at least between two")
+    p.add_argument("--growth", type=float, default=SEQUENTIAL_GROWTH, help="later checks growth n apart (0: every step)")
+    p.add_argument("--max-step", type=int, default=1000, help="at most this many samples between two checks")
+    p.add_argument("--boundary", nargs="+", default=["ville", SEQUENTIAL_BOUNDARY], choices=BOUNDARIES,
+                   help="the test's boundary(ies), each with every mixture and futility level")
+    p.add_argument("--pack-step", type=int, default=100, help="the packing timing's check interval")
+    p.add_argument("--cohen-from", metavar="JSON", help="reuse Cohen's figures from an earlier result with the same settings")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quiet", action="store_true")
@@ -180,6 +204,7 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "sequential_mnist", "classifier": args.classifier, "denoiser": args.denoiser,
         "alpha": args.alpha, "radii": args.radii, "max_n": args.max_n, "futility": args.futility, "n0": args.n0, "seed": args.seed,
+        "step": args.step, "growth": args.growth, "max_step": args.max_step, "boundary": args.boundary,
         "threads": args.threads, "platform": platform.platform(), "torch": torch.__version__,
         "sigmas": [run_sigma(args, s, data) for s in args.sigmas],
     }

@@ -37,30 +37,44 @@ def test_sequential_mnist_tiny(tmp_path):
     out = tmp_path / "s.json"
     result = _load("sequential_mnist").main(
         ["--sigmas", "0.5", "--images", "3", "--cohen-images", "2", "--cohen-n", "300", "--max-n", "500",
-         "--pack-images", "2", "--batch", "200", "--step", "100", "--quiet", "--out", str(out)])
+         "--pack-images", "2", "--batch", "200", "--pack-step", "100", "--futility", "off", "0.3", "--boundary",
+         "ville", "--quiet", "--out", str(out)])
     assert json.loads(out.read_text())["sigmas"][0]["sigma"] == 0.5
     (s,) = result["sigmas"]
-    labels = {"two-sided", "one-sided", "two-sided, futility 0.3", "one-sided, futility 0.3"}
+    labels = {"two-sided, ville", "one-sided, ville", "two-sided, futility 0.3, ville", "one-sided, futility 0.3, ville"}
     assert set(s["sequential"]) == set(s["cohen"]["sequential_on_same_images"]) == labels
-    assert result["futility"] == [None, 0.3]
+    assert result["futility"] == [None, 0.3] and (result["step"], result["growth"]) == (10, 0.02)
     cohen = s["cohen"]
     assert cohen["images"] == 2 and cohen["samples_per_image"] == 400
     assert all(0.0 <= v <= 1.0 for v in cohen["certified_accuracy"].values())
     for mixture, seq in s["sequential"].items():
         assert seq["images"] == 3 and set(seq["certified_accuracy"]) == {"0.25", "0.5", "1"}
-        assert 100 < seq["mean_samples"] <= 100 + 500 and seq["max_samples"] <= 600
+        assert 51 <= seq["mean_samples"] <= 100 + 500 and seq["max_samples"] <= 600
         same = cohen["sequential_on_same_images"][mixture]
         assert same["sample_ratio"] == pytest.approx(400 / same["mean_samples"])
-    assert s["packing"]["mixture"] == "two-sided" and s["packing"]["images"] == 2
+    assert s["packing"]["mixture"] == "two-sided, ville" and s["packing"]["images"] == 2
 
     for mixture in ("two-sided", "one-sided"):  # the rule only ever stops earlier, never certifies more
-        off, on = s["sequential"][mixture], s["sequential"][f"{mixture}, futility 0.3"]
+        off, on = s["sequential"][f"{mixture}, ville"], s["sequential"][f"{mixture}, futility 0.3, ville"]
         assert on["mean_samples"] <= off["mean_samples"]
         assert all(on["certified_accuracy"][r] <= off["certified_accuracy"][r] for r in off["certified_accuracy"])
     table = _load("sequential_mnist").markdown(result).splitlines()
     assert len(table) == 2 + 9 and table[2].startswith("| 0.5 | Cohen, n = 300 | 2 | 400 |")
-    same = cohen["sequential_on_same_images"]["one-sided"]
-    assert f"| {same['sample_ratio']:.1f}x |" in table[4] and "one-sided, same digits" in table[4]
+    same = cohen["sequential_on_same_images"]["one-sided, ville"]
+    assert f"| {same['sample_ratio']:.1f}x |" in table[4] and "one-sided, ville, same digits" in table[4]
+
+    again = _load("sequential_mnist").main(  # Cohen's figures reused from the first run, the exact boundary
+        ["--sigmas", "0.5", "--images", "3", "--cohen-images", "2", "--cohen-n", "300", "--max-n", "500",
+         "--pack-images", "1", "--batch", "200", "--mixtures", "one-sided", "--boundary", "exact", "--quiet",
+         "--cohen-from", str(out), "--out", str(tmp_path / "again.json")])
+    (a,) = again["sigmas"]
+    assert {k: v for k, v in a["cohen"].items() if k not in ("from", "sequential_on_same_images")} == \
+        {k: v for k, v in cohen.items() if k != "sequential_on_same_images"}
+    assert set(a["sequential"]) == {"one-sided, futility 0.3, exact"}
+    with pytest.raises(SystemExit, match="no Cohen run"):
+        _load("sequential_mnist").main(["--sigmas", "0.25", "--images", "3", "--cohen-images", "2", "--cohen-n", "300",
+                                         "--max-n", "500", "--quiet", "--cohen-from", str(out),
+                                         "--out", str(tmp_path / "x.json")])
 
 
 def test_dds_cost_smoke(tmp_path):
@@ -113,3 +127,22 @@ def test_futility_cost_tiny(tmp_path):
     assert off["q + (q - p0)"]["p_certify"] - on["q + (q - p0)"]["p_certify"] <= 0.3
     table = _load("futility_cost").markdown(result, "0.3").splitlines()
     assert len(table) == 2 + 5 and table[0].startswith("| rate | P(certify), off | P(certify), 0.3 |")
+
+
+def test_boundary_cost_tiny(tmp_path):
+    """Exact figures: every version keeps P(certify at p0) <= alpha; the exact boundary spends more of it and
+    decides sooner just above the needed rate; the growing schedule stops all-hit images sooner."""
+    out = tmp_path / "b.json"
+    result = _load("boundary_cost").main(["--r-over-sigma", "1", "--max-n", "3000", "--alpha", "0.01",
+                                          "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    (t,) = result["thresholds"]
+    v = t["versions"]
+    assert list(v) == ["ville, every 100", "ville, growing", "exact, growing"]
+    for version in v.values():
+        assert version["p0"]["p_certify"] <= 0.01
+    assert v["exact, growing"]["p0"]["p_certify"] > v["ville, growing"]["p0"]["p_certify"]
+    assert v["exact, growing"]["q + (q - p0)"]["mean_samples"] < v["ville, growing"]["q + (q - p0)"]["mean_samples"]
+    assert v["ville, growing"]["1"]["mean_samples"] < v["ville, every 100"]["1"]["mean_samples"]
+    table = _load("boundary_cost").markdown(result).splitlines()
+    assert len(table) == 2 + 5 and table[0].startswith("| r / sigma | rate | ville, every 100 |")
