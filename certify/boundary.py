@@ -41,9 +41,10 @@ from .betting import MIXTURES, log_martingale, log_martingale_one_sided
 from .stats import check_alpha
 
 BOUNDARIES = ("exact", "ville")
-#: the exact boundary keeps Ville's threshold at checks before this fraction of max_n (measured on the
-#: MNIST benchmark's thresholds: 3% leaves all-hit images stopping where Ville stops them, and most of the
-#: unspent alpha to the images that need thousands of samples)
+#: the exact boundary keeps Ville's threshold at checks before this fraction of max_n. Exact figures at
+#: max_n 100,000, r/sigma = 0.5, 1, 2, one-sided, the CLI's schedule: from 1% or 0.3% on, the thresholds
+#: spend alpha early (all-hit images stop 10 samples sooner at r = 2 sigma) and images that need 15,000-20,000
+#: samples need 4-15% more; from 10%, images that need 4,000 need 7-28% more.
 EXACT_FROM = 0.03
 _DROP = 1e-18
 

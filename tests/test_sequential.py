@@ -413,3 +413,32 @@ def test_futility_option_is_checked_and_recorded(tmp_path, capsys):
     # resuming with the default (0.3) is refused: the run was made with the rule off
     assert main([*args, "--out", str(tmp_path / "e.tsv")]) == 2
     assert "futility" in capsys.readouterr().err
+
+
+def test_schedule_and_boundary_options_are_checked_and_recorded(tmp_path, capsys):
+    """--growth and --boundary: a bad value names itself and writes nothing; the wrong mode is refused; the
+    values are recorded, and resuming with another boundary is refused, naming it."""
+    import json
+
+    from certify.cli import main
+    from certify.settings import RunSettings
+
+    args = ["certify", "--mode", "sequential", "--radii", "0.5", "--classifier", "small-cnn.mnist5k",
+            "--dataset", "mnist5k:test", "--sigma", "0.5", "--n", "500", "--skip", "250", "--quiet"]
+    assert main([*args, "--growth", "-0.1", "--out", str(tmp_path / "a.tsv")]) == 2
+    assert "growth must be a number >= 0" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main(["certify", *args[5:], "--boundary", "ville", "--out", str(tmp_path / "b.tsv")]) == 2
+    assert "boundary is a sequential-mode option" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--boundary", "exakt", "--out", str(tmp_path / "c.tsv")])
+    assert "invalid choice: 'exakt'" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main([*args, "--boundary", "ville", "--growth", "0", "--step", "50", "--out", str(tmp_path / "d.tsv")]) == 0
+    options = json.loads((tmp_path / "d.json").read_text())["settings"]["options"]
+    assert (options["boundary"], options["growth"], options["step"]) == ("ville", 0, 50)
+    used = [int(line.split("\t")[8]) for line in (tmp_path / "d.tsv").read_text().splitlines()[1:]]
+    assert all(n % 50 == 0 for n in used)  # growth 0: a check every --step samples
+    assert main([*args, "--growth", "0", "--step", "50", "--out", str(tmp_path / "d.tsv")]) == 2  # exact now
+    assert "boundary" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="boundary must be"):
+        RunSettings(classifier="small-cnn", dataset="digits", sigma=0.5, n=100, mode="sequential",
+                    options={"radii": [0.5], "boundary": "both"}).validate()
