@@ -224,10 +224,9 @@ def _checks(checks, max_n: int) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=64)
 def sequential_test(p0: float, alpha: float, max_n: int, abstain_alpha: float | None = None,
                     mixture: str = "two-sided", futility: float | None = None,
-                    checks: tuple[int, ...] | None = None, boundary: str = "ville") -> SequentialTest:
+                    checks: Sequence[int] | None = None, boundary: str = "ville") -> SequentialTest:
     """Build (and cache) the tables of the betting test of "hit rate > p0", read at ``checks``.
 
     ``checks`` (default: after every sample) as :func:`check_schedule` gives them. ``boundary``: "ville"
@@ -247,6 +246,16 @@ def sequential_test(p0: float, alpha: float, max_n: int, abstain_alpha: float | 
     >>> int(t.certify_min[t.certify_min <= np.arange(10_001)].size > 0)   # some n can certify
     1
     """
+    if checks is not None:
+        checks = tuple(checks)
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) for n in checks):
+            raise ValueError(f"checks must be whole sample counts, got {checks!r}")
+        checks = tuple(int(n) for n in checks)
+    return _sequential_test(p0, alpha, max_n, abstain_alpha, mixture, futility, checks, boundary)
+
+
+@lru_cache(maxsize=64)
+def _sequential_test(p0, alpha, max_n, abstain_alpha, mixture, futility, checks, boundary) -> SequentialTest:
     check_alpha(alpha)
     if not 0.0 < p0 < 1.0:
         raise ValueError(f"p0 must lie in (0, 1) (p0 = Phi(radius / sigma)), got {p0!r}")

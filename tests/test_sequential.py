@@ -117,8 +117,8 @@ def test_thresholds_are_nested_across_radii():
 @pytest.mark.parametrize("mixture", ["two-sided", "one-sided"])
 @pytest.mark.parametrize("alpha", [0.05, 0.001])
 @pytest.mark.parametrize("p0", [0.6, 0.9])
-@pytest.mark.parametrize("step,growth", [(1, 0.0), (37, 0.0), (10, 0.05)])
-@pytest.mark.parametrize("boundary", ["ville", "exact"])
+@pytest.mark.parametrize("step,growth,boundary", [(1, 0.0, "ville"), (37, 0.0, "ville"), (37, 0.0, "exact"),
+                                                   (10, 0.05, "exact")])
 def test_exact_probability_of_a_wrong_certificate_is_at_most_alpha(alpha, p0, step, growth, mixture, boundary):
     """At p0 and below, on the schedule the test is read at; the exact boundary spends (nearly) all of alpha."""
     checks = check_schedule(3000, step, growth)
@@ -329,6 +329,15 @@ def test_bad_threshold_arguments_raise():
         sequential_test(1.0, 0.001, 100)
     with pytest.raises(ValueError, match="abstain_alpha|alpha"):
         sequential_test(0.7, 0.001, 100, abstain_alpha=0.0)
+    with pytest.raises(ValueError, match="boundary must be one of"):
+        sequential_test(0.7, 0.001, 100, boundary="exakt")
+    for checks in ([50.5, 100], [50, 90], [60, 50, 100], [0, 100]):
+        with pytest.raises(ValueError, match="checks must be"):
+            sequential_test(0.7, 0.001, 100, checks=checks)
+    for kwargs, match in [(dict(growth=-0.1), "growth"), (dict(growth=float("nan")), "growth"),
+                          (dict(step=0), "step"), (dict(max_step=5), "max_step")]:
+        with pytest.raises(ValueError, match=match):
+            check_schedule(**(dict(max_n=100, step=10) | kwargs))
 
 
 def test_the_readme_command_with_its_defaults_spends_the_benchmarks_samples(tmp_path):
