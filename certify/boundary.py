@@ -73,7 +73,7 @@ def check_schedule(max_n: int, step: int, growth: float = 0.0, max_step: int | N
     cap = max_n if max_step is None else int(max_step)
     checks, n = [], 0
     while n < max_n:
-        n = min(max_n, n + min(cap, max(step, step * int(growth * n / step))))
+        n = min(max_n, n + min(cap, max(step, step * int(min(growth * n, max_n) / step))))
         checks.append(n)
     return tuple(checks)
 

@@ -338,6 +338,7 @@ def test_bad_threshold_arguments_raise():
                           (dict(step=0), "step"), (dict(max_step=5), "max_step")]:
         with pytest.raises(ValueError, match=match):
             check_schedule(**(dict(max_n=100, step=10) | kwargs))
+    assert check_schedule(100, 10, growth=1e308) == (10, 100)  # a huge growth is one jump to max_n, no overflow
 
 
 def test_the_readme_command_with_its_defaults_spends_the_benchmarks_samples(tmp_path):
