@@ -272,11 +272,11 @@ def _sequential_test(p0, alpha, max_n, abstain_alpha, mixture, futility, checks,
     above, below = _statistics(p0, mixture)
     floor = np.ceil(p0 * k).astype(np.int64)  # both mixtures certify only above p0 n (betting docstring)
     ville = math.log(1.0 / alpha)
-    s = _least_reaching(above, k, floor.copy(), ville)
+    s = _least_reaching(above, k, floor, ville)
     late_threshold = ville
     if boundary == "exact":
-        late_threshold, s = _calibrate(lambda c: _least_reaching(above, k, floor.copy(),
-                                                                 np.where(k >= EXACT_FROM * max_n, c, ville)),
+        late = k >= EXACT_FROM * max_n
+        late_threshold, s = _calibrate(lambda c: _least_reaching(above, k, floor, np.where(late, c, ville)),
                                        p0, alpha, k, ville, s)
 
     certify_min = np.full(max_n + 1, max_n + 1, dtype=np.int64)
@@ -306,15 +306,15 @@ def _calibrate(thresholds, p0: float, alpha: float, checks: np.ndarray, ville: f
     the test is Ville's, valid whatever the DP says; the search stops once the tables stop changing.
     """
     budget = alpha * (1 - 1e-9)
-    lo, hi, s_hi = 0.0, ville, s_ville
+    lo, hi, s_lo, s_hi = 0.0, ville, thresholds(0.0), s_ville
     for _ in range(40):
         mid = 0.5 * (lo + hi)
         s = thresholds(mid)
-        if np.array_equal(s, s_hi) or crossing_probability(p0, checks, np.minimum(s, checks + 1)) <= budget:
+        if np.array_equal(s, s_hi) or crossing_probability(p0, checks, s) <= budget:
             hi, s_hi = mid, s
         else:
-            lo = mid
-        if np.array_equal(thresholds(lo), s_hi):
+            lo, s_lo = mid, s
+        if np.array_equal(s_lo, s_hi):
             break
     return hi, s_hi
 

@@ -43,12 +43,12 @@ def _packed(smoothed: Smoothed, jobs: Iterable[Job], batch_size: int) -> Iterato
     exhausted = False
     shape = None
     while True:
-        batch: list[tuple[Job, int]] = []
+        batch: list[tuple[Job, torch.Generator, int]] = []  # each job's next chunk, asked for once
         used, blocked = 0, False
         for job in active:
-            size = job.next_chunk()[1]
+            generator, size = job.next_chunk()
             if used + size <= batch_size:
-                batch.append((job, size))
+                batch.append((job, generator, size))
                 used += size
             else:
                 blocked = True  # someone already waits: start no new image this batch
@@ -65,17 +65,17 @@ def _packed(smoothed: Smoothed, jobs: Iterable[Job], batch_size: int) -> Iterato
             active.append(job)
             order.append(id(job))
             finished[id(job)] = None
-            size = job.next_chunk()[1]
+            generator, size = job.next_chunk()
             if used + size > batch_size:
                 break  # it starts in the next batch
-            batch.append((job, size))
+            batch.append((job, generator, size))
             used += size
         if not batch:
             break
-        counts, bad = smoothed.sample_batch([(job.x, size, job.next_chunk()[0]) for job, size in batch])
+        counts, bad = smoothed.sample_batch([(job.x, size, generator) for job, generator, size in batch])
         smoothed.refuse_if(bad, f"a batch of {used} noisy images")
         counts = counts.cpu().numpy()  # the one host read per batch: stopping needs it
-        for (job, size), row in zip(batch, counts):
+        for (job, _, size), row in zip(batch, counts):
             job.observe(row, size)
             if job.done:
                 active.remove(job)

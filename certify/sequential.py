@@ -102,8 +102,8 @@ class _Job:
 
     def _selection_gap(self) -> int:
         """The fewest further draws after which the argmax may be settled (all of them going to it)."""
-        left = self.n0 - self.sel_drawn
-        margins = self.sel_counts[self.sel_counts.argmax()] - np.delete(self.sel_counts, self.sel_counts.argmax())
+        left, a = self.n0 - self.sel_drawn, int(self.sel_counts.argmax())
+        margins = self.sel_counts[a] - np.delete(self.sel_counts, a)
         return min(left, max(1, (left - int(margins.min(initial=left))) // 2 + 1))
 
     def _selection_settled(self) -> bool:
@@ -322,8 +322,7 @@ def certify_anytime(smoothed: Smoothed, x: torch.Tensor, alpha: float, max_n: in
 
 
 __all__ = [
-    "BOUNDARIES", "MIXTURES", "check_schedule", "GridCertificate", "SequentialTest", "anytime_radius", "certify_anytime", "certify_anytime_many",
-    "certify_at", "certify_at_many", "log_martingale", "log_martingale_one_sided", "lower_confidence_bound",
-    "sequential_test",
-    "upper_confidence_bound",
+    "BOUNDARIES", "MIXTURES", "GridCertificate", "SequentialTest", "anytime_radius", "certify_anytime",
+    "certify_anytime_many", "certify_at", "certify_at_many", "check_schedule", "log_martingale",
+    "log_martingale_one_sided", "lower_confidence_bound", "sequential_test", "upper_confidence_bound",
 ]
