@@ -33,8 +33,8 @@ TINY_ADM = dict(image_size=64, num_channels=32, num_res_blocks=1, channel_mult="
                 num_head_channels=16, learn_sigma=True)
 
 
-#: the sequential benchmark's row for the README's command (one-sided, the CLI's futility and boundary)
-SEQUENTIAL_ROW = "one-sided, futility 0.3, exact"
+#: the sequential benchmark's row for the README's command (one-sided, the CLI's futility, boundary, selection)
+SEQUENTIAL_ROW = "one-sided, futility 0.3, exact, all classes"
 
 
 def sequential_sample_counts(path: Path, row: str = SEQUENTIAL_ROW) -> dict[str, float]:

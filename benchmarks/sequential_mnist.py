@@ -3,12 +3,13 @@
 For each sigma: the pipeline (classifier, denoiser) named by the templates, where ``{s}`` becomes the
 sigma in hundredths with three digits (0.25 -> ``025``). Then, on evenly spaced ``mnist5k:test`` digits:
 - ``sequential``: :func:`certify.sequential.certify_at_many` on the radius grid (several images per
-  batch), once per ``--mixtures`` (the betting test's prior) and ``--futility`` level ("off" or gamma;
-  keyed "one-sided" or "one-sided, futility 0.3"), mean samples per image (n0 + n) and certified
+  batch), once per ``--mixtures`` (the betting test's prior), ``--futility`` level ("off" or gamma),
+  ``--boundary`` and ``--selection`` (keyed "one-sided, futility 0.3, exact, all classes"), mean samples
+  per image (n0 + n) and certified
   accuracy at each radius;
 - ``cohen``: ``Smoothed.certify_full`` with n = ``--cohen-n`` on the first ``--cohen-images`` of those
   digits (it is the expensive one), with the sequential figures on the same digits beside it;
-- ``packing``: the first mixture's run with one image per batch (batch = step) and with several
+- ``packing``: the first run's settings with one image per batch (batch = step) and with several
   (batch = ``--batch``): identical results, images per second.
 
 Writes JSON (``--out``) and prints the README's markdown table (``--table JSON`` prints it again).
@@ -30,8 +31,9 @@ from tqdm import tqdm
 from certify import Smoothed
 from certify.data import create_dataset
 from certify.results import write_json
-from certify.sequential import BOUNDARIES, MIXTURES, certify_at_many
-from certify.settings import SEQUENTIAL_BOUNDARY, SEQUENTIAL_FUTILITY, SEQUENTIAL_GROWTH, SEQUENTIAL_STEP
+from certify.sequential import BOUNDARIES, MIXTURES, SELECTIONS, certify_at_many
+from certify.settings import (SEQUENTIAL_BOUNDARY, SEQUENTIAL_FUTILITY, SEQUENTIAL_GROWTH, SEQUENTIAL_SELECTION,
+                              SEQUENTIAL_STEP)
 from classifiers import create_classifier
 from denoisers import create_denoiser
 
@@ -51,11 +53,13 @@ def _futility(text: str) -> float | None:
     return None if text == "off" else float(text)
 
 
-def _label(mixture: str, futility: float | None, boundary: str) -> str:
-    return ", ".join([mixture, *([] if futility is None else [f"futility {futility:g}"]), boundary])
+def _label(mixture: str, futility: float | None, boundary: str, selection: str) -> str:
+    return ", ".join([mixture, *([] if futility is None else [f"futility {futility:g}"]), boundary,
+                      "all classes" if selection == "all" else selection])
 
 
-def _sequential(g, images, args, mixture, futility, boundary, desc, batch_size=None, step=None, growth=None):
+def _sequential(g, images, args, mixture, futility, boundary, selection, desc, batch_size=None, step=None,
+                growth=None):
     """certify_at_many on the benchmark's digits; the schedule is the arguments' unless given."""
     start = time.perf_counter()
     growth = args.growth if growth is None else growth
@@ -63,7 +67,7 @@ def _sequential(g, images, args, mixture, futility, boundary, desc, batch_size=N
     results = list(tqdm(certify_at_many(g, images, args.radii, args.alpha, args.max_n, batch_size or args.batch,
                                         seed=args.seed, indices=args.indices, n0=args.n0, step=step or args.step,
                                         mixture=mixture, futility=futility, growth=growth, max_step=max_step,
-                                        boundary=boundary),
+                                        boundary=boundary, selection=selection),
                         total=len(images), desc=desc, disable=args.quiet))
     return results, time.perf_counter() - start
 
@@ -75,9 +79,10 @@ def run_sigma(args, sigma: float, data) -> dict:
 
     m = min(args.cohen_images, len(images))
     sequential, on_cohen_images = {}, {}
-    for mixture, futility, boundary in [(m, f, b) for b in args.boundary for f in args.futility for m in args.mixtures]:
-        label = _label(mixture, futility, boundary)
-        seq, seconds = _sequential(g, images, args, mixture, futility, boundary, f"{label} s={sigma}")
+    runs = [(m, f, b, c) for c in args.selection for b in args.boundary for f in args.futility for m in args.mixtures]
+    for mixture, futility, boundary, selection in runs:
+        label = _label(mixture, futility, boundary, selection)
+        seq, seconds = _sequential(g, images, args, mixture, futility, boundary, selection, f"{label} s={sigma}")
         correct = np.array([r.cA == y for r, y in zip(seq, labels)])
         certified = np.array([r.certified for r in seq])  # (images, radii)
         samples = np.array([r.n0 + r.n for r in seq])
@@ -100,15 +105,15 @@ def run_sigma(args, sigma: float, data) -> dict:
 
     # packing, on the uniform schedule (a check every --pack-step samples) so one image per batch is possible
     p, step = min(args.pack_images, len(images)), args.pack_step
-    first, futility, boundary = args.mixtures[0], args.futility[0], args.boundary[0]
-    _, alone_time = _sequential(g, images[:p], args, first, futility, boundary, "one image per batch", step, step, 0.0)
-    _, packed_time = _sequential(g, images[:p], args, first, futility, boundary, "packed", None, step, 0.0)
+    first = runs[0]
+    _, alone_time = _sequential(g, images[:p], args, *first, "one image per batch", step, step, 0.0)
+    _, packed_time = _sequential(g, images[:p], args, *first, "packed", None, step, 0.0)
     return {
         "sigma": sigma,
         "sequential": sequential,
         "cohen": cohen,
         "packing": {
-            "mixture": _label(first, futility, boundary), "images": p, "step": step, "batch": args.batch,
+            "mixture": _label(*first), "images": p, "step": step, "batch": args.batch,
             "images_per_s_one_per_batch": p / alone_time, "images_per_s_packed": p / packed_time,
             "speedup": alone_time / packed_time,
         },
@@ -122,7 +127,8 @@ def _cohen(args, sigma: float, g, images, labels) -> dict:
         same = {k: old.get(k) for k in _COHEN_KEYS} == {k: getattr(args, k) for k in _COHEN_KEYS}
         for s in old["sigmas"] if same else []:
             if s["sigma"] == sigma and s["cohen"]["images"] == len(images) and s["cohen"]["n"] == args.cohen_n:
-                return {k: v for k, v in s["cohen"].items() if k != "sequential_on_same_images"} | {"from": args.cohen_from}
+                source = s["cohen"].get("from", args.cohen_from)  # the run that measured them, however often reused
+                return {k: v for k, v in s["cohen"].items() if k != "sequential_on_same_images"} | {"from": source}
         raise SystemExit(f"--cohen-from {args.cohen_from}: no Cohen run with these settings at sigma {sigma}")
     cohen, start = [], time.perf_counter()
     for k in tqdm(range(len(images)), desc=f"cohen n={args.cohen_n} s={sigma}", disable=args.quiet):
@@ -185,6 +191,8 @@ def main(argv=None) -> dict:
     p.add_argument("--max-step", type=int, default=1000, help="at most this many samples between two checks")
     p.add_argument("--boundary", nargs="+", default=["ville", SEQUENTIAL_BOUNDARY], choices=BOUNDARIES,
                    help="the test's boundary(ies), each with every mixture and futility level")
+    p.add_argument("--selection", nargs="+", default=["argmax", SEQUENTIAL_SELECTION], choices=SELECTIONS,
+                   help="Cohen's argmax of --n0 draws, or all classes tested at once (each with every other choice)")
     p.add_argument("--pack-step", type=int, default=100, help="the packing timing's check interval")
     p.add_argument("--cohen-from", metavar="JSON", help="reuse Cohen's figures from an earlier result with the same settings")
     p.add_argument("--seed", type=int, default=0)
@@ -205,6 +213,7 @@ def main(argv=None) -> dict:
         "benchmark": "sequential_mnist", "classifier": args.classifier, "denoiser": args.denoiser,
         "alpha": args.alpha, "radii": args.radii, "max_n": args.max_n, "futility": args.futility, "n0": args.n0, "seed": args.seed,
         "step": args.step, "growth": args.growth, "max_step": args.max_step, "boundary": args.boundary,
+        "selection": args.selection,
         "threads": args.threads, "platform": platform.platform(), "torch": torch.__version__,
         "sigmas": [run_sigma(args, s, data) for s in args.sigmas],
     }

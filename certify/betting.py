@@ -47,10 +47,11 @@ grid, the order of decisions or the stopping rule. No union bound is needed. (Wi
 mixture the thresholds are nested across radii and the prefix rule never changes a decision.)
 
 The certificate. cA comes from n0 samples of an independent stream ("selection", as in Cohen; drawn only
-until the argmax can no longer change, `certify.sequential`);
+until the argmax can no longer change, `certify.selection`);
 given cA the test samples are i.i.d. Bernoulli(p_cA). If p_cA >= Phi(r/sigma) > 1/2, g is constant
 (= cA) on the L2 ball of radius r (Cohen et al. 2019, Theorem 1), so a wrong certificate at r needs
-p_cA < p0(r): probability <= alpha as above.
+p_cA < p0(r): probability <= alpha as above. Without selection draws (selection "all") every class is
+tested on the same samples, and the union over the classes is paid for exactly (`certify.selection`).
 
 Early abstain (power only, never validity): the mirror test rejects p >= p0 when S <= p0 n and
 log M_n(p0) >= ln(1/abstain_alpha) (one-sided: the prior on q < p0), a lower set {S <= a_n}; and

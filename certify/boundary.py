@@ -182,13 +182,14 @@ class SequentialTest:
     boundary: str = "ville"
     late_threshold: float = math.nan
 
-    def decide(self, n: int, S: int) -> int:
-        """+1 certify, -1 abstain (mirror test, futility, or out of reach before max_n), 0 go on."""
-        if S >= self.certify_min[n]:
-            return 1
-        if S <= self.abstain_max[n] or n >= self.max_n or S - n < self.reach[n + 1]:
-            return -1
-        return 0
+    def decide(self, n: int, S):
+        """+1 certify, -1 abstain (mirror test, futility, or out of reach before max_n), 0 go on.
+
+        ``S`` an int (gives an int) or an array of hit counts, one per class (gives an array).
+        """
+        stop = (S <= self.abstain_max[n]) | (n >= self.max_n) | (S - n < self.reach[n + 1])
+        out = np.where(S >= self.certify_min[n], 1, np.where(stop, -1, 0))
+        return int(out) if out.ndim == 0 else out
 
     @property
     def needed_rate(self) -> float:

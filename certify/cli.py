@@ -14,8 +14,8 @@ from typing import Sequence
 
 from .errors import ResumableStop
 from .launch import add_training_args, training_overrides
-from .settings import (AUTOCAST, BOUNDARIES, MIXTURES, RUN_DEFAULTS, SEQUENTIAL_BOUNDARY, SEQUENTIAL_FUTILITY,
-                       SEQUENTIAL_GROWTH, SEQUENTIAL_STEP, RunSettings)
+from .settings import (AUTOCAST, BOUNDARIES, MIXTURES, RUN_DEFAULTS, SELECTIONS, SEQUENTIAL_BOUNDARY,
+                       SEQUENTIAL_FUTILITY, SEQUENTIAL_GROWTH, SEQUENTIAL_STEP, RunSettings)
 from .stats import BOUNDS
 
 log = logging.getLogger("dsmooth")
@@ -34,7 +34,8 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--dataset", required=True, help="dataset spec, e.g. mnist5k:test, foolbox:imagenet, hf:DIR")
     p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
     if mode == "certify":
-        p.add_argument("--n0", type=int, default=D["n0"], help=f"selection samples (default {D['n0']})")
+        p.add_argument("--n0", type=int, default=D["n0"],
+                       help=f"selection samples (default {D['n0']}; none in sequential mode with --selection all)")
         p.add_argument("--mode", choices=("cohen", "sequential", "anytime"), default="cohen",
                        help="cohen: fixed n (default); sequential: anytime-valid test at each of --radii, "
                             "stopping early (n = most samples); anytime: confidence-sequence radius")
@@ -56,6 +57,9 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
                        help="sequential: give up on a radius once, with confidence 1 - GAMMA, its rate is below what "
                             "the test needs by --n (never a wrong certificate; at most GAMMA of power lost where --n "
                             f"suffices, about 1 point at the default). Default {SEQUENTIAL_FUTILITY}; 'off' turns it off")
+        p.add_argument("--selection", choices=SELECTIONS, default=None,
+                       help="sequential: the class to test: all (every class on the same samples, no selection draws; "
+                            "about 1e-4 of alpha for the union, default) or argmax (Cohen's, the most frequent of --n0 draws)")
         p.add_argument("--mixture", choices=MIXTURES, default=None,
                        help="sequential: the betting test's prior, over all rates (two-sided, default) or only "
                             "the alternative (one-sided: fewer samples, same guarantee)")
@@ -215,6 +219,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                                     ("boundary", getattr(args, "boundary", None)),
                                     ("mixture", getattr(args, "mixture", None)),
                                     ("futility", getattr(args, "futility", None)),
+                                    ("selection", getattr(args, "selection", None)),
                                     ("bound", getattr(args, "bound", None)),
                                     ("eps", _parse_floats(getattr(args, "eps", None), "--eps")),
                                     ("attack_steps", getattr(args, "steps", None)),

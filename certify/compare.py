@@ -21,7 +21,7 @@ the radius grid, clean accuracy, ACR, abstain rate, seconds per image), ``curves
 ``README.md`` saying what was run. A pipeline whose TSV is complete is skipped on a re-run.
 ``mode: sequential`` decides each positive radius of ``radii`` with the anytime-valid test (``n`` is
 then the most samples an image may use; optional ``step``, ``growth``, ``boundary``, ``mixture``,
-``futility``: a level, default 0.3, or ``off``); ``mode: anytime`` too (``step``, ``growth``).
+``futility``: a level, default 0.3, or ``off``; ``selection``); ``mode: anytime`` too (``step``, ``growth``).
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, l
         options.update({f"attack_{k}": a[k] for k in ("steps", "step_size", "m", "restarts") if k in a})
     elif mode == "sequential":
         options["radii"] = [float(r) for r in config.get("radii") or [] if float(r) > 0]
-    for key in ("step", "growth", "boundary", "mixture", "bound", "futility"):
+    for key in ("step", "growth", "boundary", "mixture", "bound", "futility", "selection"):
         if config.get(key) is not None and not attack:
             options[key] = config[key]
     return RunSettings(
@@ -201,7 +201,8 @@ def _write_readme(out_dir: Path, config: dict, all_settings: list[RunSettings], 
         config.get("description", "").strip(), "",
         f"- config: `{config_path}`",
         f"- dataset: `{s.dataset}`, {images} images (indices {s.skip} apart, from 0), seed {s.seed}",
-        f"- n0 = {s.n0}, n = {s.n}, alpha = {s.alpha}, batch = {s.batch}; every pipeline saw the same images "
+        f"- {'every class tested (no n0)' if s.options.selection == 'all' else f'n0 = {s.n0}'}, n = {s.n}, "
+        f"alpha = {s.alpha}, batch = {s.batch}; every pipeline saw the same images "
         f"and the same noise streams",
         f"- wall time of this invocation: {seconds:.0f} s (finished pipelines are skipped on a re-run)", "",
         "## Pipelines", "",

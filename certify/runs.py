@@ -275,7 +275,7 @@ def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, label: int
         return sequential.certify_at(smoothed, x, sorted(o.radii), s.alpha, max_n=s.n, batch_size=s.batch,
                                      seed=s.seed, index=idx, n0=s.n0, mixture=o.mixture or "two-sided",
                                      futility=None if o.futility == "off" else o.futility,
-                                     boundary=o.boundary or "ville", **schedule)
+                                     boundary=o.boundary or "ville", selection=o.selection or "argmax", **schedule)
     return sequential.certify_anytime(smoothed, x, s.alpha, max_n=s.n, batch_size=s.batch, seed=s.seed, index=idx,
                                       n0=s.n0, bound=o.bound or "one-class", **schedule)
 

@@ -24,6 +24,7 @@ from .betting import (MIXTURES, anytime_radius, log_martingale, log_martingale_o
                       upper_confidence_bound)
 from .boundary import BOUNDARIES, SequentialTest, check_schedule, sequential_test
 from .packing import run_packed
+from .selection import SELECTIONS, selection_gap, selection_settled, every_class_tests
 from .smoothing import ABSTAIN, Certificate, Smoothed
 from .stats import BOUNDS, check_alpha, radius_from_p, two_class_levels, two_class_radius
 
@@ -39,7 +40,9 @@ class GridCertificate:
     ``certified[i]`` says whether g is certified to predict ``cA`` on the ball of radius ``radii[i]``
     (radii ascending); ``decided_at[i]`` is the test sample count at which radius i was decided
     (certified, abstained, or max_n reached). ``n`` test samples (``nA`` hits) plus ``n0`` selection
-    samples were drawn (at most the n0 asked for: selection stops once its argmax is settled).
+    samples were drawn (at most the n0 asked for: selection stops once its argmax is settled; none with
+    selection "all", where cA is the class certified at the smallest radius, or when none is, the most
+    frequent test class).
     ``pA_lower`` is L_n at the stop (a valid bound there too, 0 when n = 0).
     ``prediction`` is cA when at least one radius is certified, else -1; ``radius`` is the largest
     certified radius (0.0 when none), which is what a TSV line records.
@@ -75,15 +78,14 @@ def _check_radii(radius: float | Sequence[float]) -> tuple[float, ...]:
 
 
 class _Job:
-    """Selection (stream "selection"), then test chunks ("sequential") up to each check of the schedule.
+    """Selection (stream "selection", `certify.selection`), then test chunks ("sequential") up to each check.
 
-    Selection stops once its argmax cannot change whatever the rest of the n0 draws say (curtailment):
-    cA is the argmax all n0 draws would give, for half of them when every draw agrees. Each chunk asks for the
-    fewest draws that could settle it.
+    With ``select=False`` (selection "all") there are no selection draws: the job tests every class.
+    Each chunk asks for the fewest draws that could settle it.
     """
 
     def __init__(self, smoothed: Smoothed, x: torch.Tensor, index: int, seed: int, n0: int,
-                 checks: Sequence[int], max_step: int) -> None:
+                 checks: Sequence[int], max_step: int, select: bool = True) -> None:
         self.x, self.index, self.n0, self.checks, self.max_step = x, index, n0, checks, max_step
         self.max_n = checks[-1]
         self.sel_gen = smoothed.generator(seed, index, "selection")
@@ -91,38 +93,29 @@ class _Job:
         self.sel_counts = np.zeros(smoothed.num_classes, dtype=np.int64)
         self.counts = np.zeros(smoothed.num_classes, dtype=np.int64)  # of the test samples
         self.sel_drawn = 0
+        self.selecting = select
         self.cA: int | None = None
-        self.n = self.nA = self.k = 0  # k: the next check
+        self.n = self.k = 0  # k: the next check
         self.done = False
 
+    @property
+    def nA(self) -> int:
+        return int(self.counts[self.cA]) if self.cA is not None else 0
+
     def next_chunk(self) -> tuple[torch.Generator, int]:
-        if self.cA is None:
-            return self.sel_gen, min(self.max_step, self._selection_gap())
+        if self.selecting:
+            return self.sel_gen, min(self.max_step, selection_gap(self.sel_counts, self.n0 - self.sel_drawn))
         return self.test_gen, self.checks[self.k] - self.n
 
-    def _selection_gap(self) -> int:
-        """The fewest further draws after which the argmax may be settled (all of them going to it)."""
-        left, a = self.n0 - self.sel_drawn, int(self.sel_counts.argmax())
-        margins = self.sel_counts[a] - np.delete(self.sel_counts, a)
-        return min(left, max(1, (left - int(margins.min(initial=left))) // 2 + 1))
-
-    def _selection_settled(self) -> bool:
-        """True when the argmax of the n0 draws is already known (ties go to the lower class, as argmax does)."""
-        left, a = self.n0 - self.sel_drawn, int(self.sel_counts.argmax())
-        margin = self.sel_counts[a] - self.sel_counts
-        classes = np.arange(self.sel_counts.size)
-        return bool(np.all((classes == a) | (margin > left) | ((margin == left) & (classes > a))))
-
     def observe(self, counts: np.ndarray, size: int) -> None:
-        if self.cA is None:
+        if self.selecting:
             self.sel_counts += counts
             self.sel_drawn += size
-            if self._selection_settled():
-                self.cA = int(self.sel_counts.argmax())
+            if selection_settled(self.sel_counts, self.n0 - self.sel_drawn):
+                self.cA, self.selecting = int(self.sel_counts.argmax()), False
             return
         self.n += size
         self.counts += counts
-        self.nA = int(self.counts[self.cA])
         if self.n == self.checks[self.k]:
             self.k += 1
             self.done = self.check()
@@ -135,26 +128,41 @@ class _Job:
 
 
 class _GridJob(_Job):
+    """One row of decisions per class under test: cA's after selection, every class's with selection "all"
+    until one certifies the smallest radius and becomes cA (the others stop: `certify.selection`)."""
+
     def __init__(self, *args, radii: tuple[float, ...], tests: list[SequentialTest], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.radii, self.tests = radii, tests
-        self.decision = [0] * len(radii)
-        self.decided_at = [0] * len(radii)
+        self.decision = np.zeros((self.counts.size, len(radii)), dtype=np.int8)  # +1 / -1 / 0: undecided
+        self.decided_at = np.zeros((self.counts.size, len(radii)), dtype=np.int64)
+        self.rows = np.arange(self.counts.size)  # the classes still tested while cA is unknown
 
     def check(self) -> bool:
+        rows = self.rows if self.cA is None else np.array([self.cA])
+        D, at, S = self.decision[rows], self.decided_at[rows], self.counts[rows]
         for i, test in enumerate(self.tests):
-            if self.decision[i] == 0:
-                self.decision[i] = test.decide(self.n, self.nA)
-                self.decided_at[i] = self.n
-        for i in range(1, len(self.decision)):  # claims form a prefix of the grid (module docstring)
-            if self.decision[i - 1] < 0 and self.decision[i] >= 0:
-                self.decision[i], self.decided_at[i] = -1, self.n
-        return all(self.decision)
+            running = D[:, i] == 0
+            D[:, i] = np.where(running, test.decide(self.n, S), D[:, i])
+            at[:, i] = np.where(running, self.n, at[:, i])
+        for i in range(1, len(self.tests)):  # claims form a prefix of the grid (`certify.betting`)
+            lapsed = (D[:, i - 1] < 0) & (D[:, i] >= 0)
+            D[lapsed, i], at[lapsed, i] = -1, self.n
+        self.decision[rows], self.decided_at[rows] = D, at
+        if self.cA is None:
+            won = rows[D[:, 0] > 0]
+            self.rows = rows[D[:, 0] == 0]
+            if won.size == 0:
+                return self.rows.size == 0
+            self.cA = int(won[0])
+        return bool(np.all(self.decision[self.cA] != 0))
 
     def result(self) -> GridCertificate:
-        lower = lower_confidence_bound(self.nA, self.n, self.tests[0].alpha) if self.n else 0.0
-        return GridCertificate(self.cA, self.radii, tuple(d > 0 for d in self.decision),
-                               tuple(self.decided_at), float(lower), self.nA, self.n, self.sel_drawn)
+        cA = self.cA if self.cA is not None else int(self.counts.argmax())
+        nA = int(self.counts[cA])
+        lower = lower_confidence_bound(nA, self.n, self.tests[0].alpha) if self.n else 0.0
+        return GridCertificate(cA, self.radii, tuple(bool(d > 0) for d in self.decision[cA]),
+                               tuple(int(n) for n in self.decided_at[cA]), float(lower), nA, self.n, self.sel_drawn)
 
 
 class _AnytimeJob(_Job):
@@ -221,7 +229,7 @@ def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: 
                     indices: Iterable[int] | None = None, n0: int = 100, step: int | None = None,
                     abstain_alpha: float | None = None, mixture: str = "two-sided",
                     futility: float | None = None, growth: float = 0.0, max_step: int | None = None,
-                    boundary: str = "ville") -> Iterator[GridCertificate]:
+                    boundary: str = "ville", selection: str = "argmax") -> Iterator[GridCertificate]:
     """:func:`certify_at` for a stream of images, several per batch; yields results in input order.
 
     The tests are read on `certify.boundary.check_schedule` (max_n, step, growth, max_step): every
@@ -229,6 +237,7 @@ def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: 
     ``max_step`` (default batch_size) draws apart. Chunks smaller than the batch are packed, and a
     finished image's slot goes to the next one. ``indices`` name the images' random streams (default
     0, 1, 2, ...). ``boundary="exact"`` calibrates the later thresholds on that schedule.
+    ``selection="all"`` tests every class instead of Cohen's argmax of n0 draws (`certify.selection`).
 
     >>> from torch import nn
     >>> g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), sigma=0.5, num_classes=2)
@@ -238,10 +247,17 @@ def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: 
     """
     checks, max_step = _schedule(smoothed, alpha, max_n, batch_size, n0, step, growth, max_step)
     radii = _check_radii(radius)
-    tests = [sequential_test(float(norm.cdf(r / smoothed.sigma)), alpha, max_n, abstain_alpha, mixture, futility,
-                             checks, boundary) for r in radii]
-    jobs = (_GridJob(smoothed, x, index, seed, n0, checks, max_step, radii=radii, tests=tests)
-            for index, x in _indexed(smoothed, images, indices))
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    abstain_alpha = alpha if abstain_alpha is None else abstain_alpha
+
+    def tests_at(level: float) -> list[SequentialTest]:
+        return [sequential_test(float(norm.cdf(r / smoothed.sigma)), level, max_n, abstain_alpha, mixture, futility,
+                                checks, boundary) for r in radii]
+
+    tests = tests_at(alpha) if selection == "argmax" else every_class_tests(tests_at, alpha, smoothed.num_classes)
+    jobs = (_GridJob(smoothed, x, index, seed, n0, checks, max_step, select=selection == "argmax", radii=radii,
+                     tests=tests) for index, x in _indexed(smoothed, images, indices))
     for job in run_packed(smoothed, jobs, batch_size):
         yield job.result()
 
@@ -250,18 +266,19 @@ def certify_at(smoothed: Smoothed, x: torch.Tensor, radius: float | Sequence[flo
                max_n: int, batch_size: int, seed: int = 0, index: int = 0, n0: int = 100,
                step: int | None = None, abstain_alpha: float | None = None,
                mixture: str = "two-sided", futility: float | None = None, growth: float = 0.0,
-               max_step: int | None = None, boundary: str = "ville") -> GridCertificate:
+               max_step: int | None = None, boundary: str = "ville", selection: str = "argmax") -> GridCertificate:
     """Is g certified at ``radius`` (or at each radius of a grid)? Stop as soon as all are decided.
 
     cA is Cohen's: the most frequent class among n0 draws of the "selection" stream (drawn until it
-    cannot change). Then up to max_n fresh draws of the "sequential" stream, read at the checks of
+    cannot change); ``selection="all"`` skips those draws and tests every class (`certify.selection`).
+    Then up to max_n fresh draws of the "sequential" stream, read at the checks of
     :func:`certify_at_many`. With probability >= 1 - alpha no radius of the grid is certified wrongly
     (one alpha for the whole grid: `certify.betting`). ``mixture="one-sided"`` and ``boundary="exact"``
     decide with fewer samples (`certify.boundary`). ``futility`` (gamma) gives up on a radius once its rate
     is, with confidence 1 - gamma, below what the test needs by max_n (`certify.boundary.sequential_test`):
     never a wrong certificate, at most gamma of power at rates the budget can certify. Here every
     option defaults to the plain test; the CLI's defaults are `certify.settings`' (one-sided, exact,
-    futility 0.3, step 10, growth 0.02).
+    futility 0.3, step 10, growth 0.02, selection "all").
 
     >>> from torch import nn
     >>> g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), sigma=0.5, num_classes=2)
@@ -270,7 +287,7 @@ def certify_at(smoothed: Smoothed, x: torch.Tensor, radius: float | Sequence[flo
     ((0.25, 0.5), True)
     """
     return next(certify_at_many(smoothed, [x], radius, alpha, max_n, batch_size, seed, [index], n0, step,
-                                abstain_alpha, mixture, futility, growth, max_step, boundary))
+                                abstain_alpha, mixture, futility, growth, max_step, boundary, selection))
 
 
 def certify_anytime_many(smoothed: Smoothed, images: Iterable[torch.Tensor], alpha: float, max_n: int,
@@ -322,7 +339,7 @@ def certify_anytime(smoothed: Smoothed, x: torch.Tensor, alpha: float, max_n: in
 
 
 __all__ = [
-    "BOUNDARIES", "MIXTURES", "GridCertificate", "SequentialTest", "anytime_radius", "certify_anytime",
+    "BOUNDARIES", "MIXTURES", "SELECTIONS", "GridCertificate", "SequentialTest", "anytime_radius", "certify_anytime",
     "certify_anytime_many", "certify_at", "certify_at_many", "check_schedule", "log_martingale",
     "log_martingale_one_sided", "lower_confidence_bound", "sequential_test", "upper_confidence_bound",
 ]

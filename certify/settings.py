@@ -16,6 +16,7 @@ from typing import Any
 from .betting import MIXTURES
 from .boundary import BOUNDARIES
 from .results import COLUMNS
+from .selection import SELECTIONS
 from .stats import BOUNDS, check_alpha
 
 AUTOCAST = ("bf16", "fp16")
@@ -43,6 +44,7 @@ class RunOptions:
     boundary: str | None = None                 # sequential: "exact" or "ville" (SEQUENTIAL_BOUNDARY)
     mixture: str | None = None                  # sequential: the betting test's prior
     futility: float | str | None = None         # sequential: give up on a radius the budget cannot reach (gamma, or "off")
+    selection: str | None = None                # sequential: "argmax" (Cohen's n0 draws) or "all" (SEQUENTIAL_SELECTION)
     bound: str | None = None                    # certify/anytime: "two-class" (Theorem 1 with the runner-up); unset: one-class
     eps: list[float] | None = None              # attack: the L2 radii to attack (ascending)
     attack_steps: int | None = None             # attack: PGD steps (filled from certify.attack.ATTACK_DEFAULTS)
@@ -77,6 +79,8 @@ class RunOptions:
             raise ValueError(f"growth must be a number >= 0 (0: a check every step samples), got {self.growth!r}")
         if self.boundary not in (None, *BOUNDARIES):
             raise ValueError(f"boundary must be {' or '.join(map(repr, BOUNDARIES))}, got {self.boundary!r}")
+        if self.selection not in (None, *SELECTIONS):
+            raise ValueError(f"selection must be {' or '.join(map(repr, SELECTIONS))}, got {self.selection!r}")
         if self.mixture is not None and self.mixture not in MIXTURES:
             raise ValueError(f"mixture must be {' or '.join(map(repr, MIXTURES))}, got {self.mixture!r}")
         if self.futility is False:  # YAML reads a bare `off` as false
@@ -172,7 +176,7 @@ class RunSettings:
         if self.max is not None and not (isinstance(self.max, int) and self.max >= 1):
             raise ValueError(f"max must be an int >= 1 (a dataset index bound), got {self.max!r}")
         self._typed_options().validate()
-        for name in ("futility", "boundary"):
+        for name in ("futility", "boundary", "selection"):
             if getattr(self.options, name) is not None and self.mode != "sequential":
                 raise ValueError(f"{name} is a sequential-mode option, not for {self.mode!r}")
         if self.options.growth is not None and self.mode not in ("sequential", "anytime"):
@@ -187,7 +191,8 @@ class RunSettings:
             raise ValueError(f"the two-class bound is available in certify (Cohen) and anytime modes, not {self.mode!r}")
         if self.mode == "sequential":  # the defaults, recorded
             self.options = replace(self.options, futility=_default(self.options.futility, SEQUENTIAL_FUTILITY),
-                                   boundary=_default(self.options.boundary, SEQUENTIAL_BOUNDARY))
+                                   boundary=_default(self.options.boundary, SEQUENTIAL_BOUNDARY),
+                                   selection=_default(self.options.selection, SEQUENTIAL_SELECTION))
         if self.mode in ("sequential", "anytime"):
             # the benchmark's schedule whatever the batch (which caps the gap between checks), recorded
             step = min(SEQUENTIAL_STEP, self.batch if isinstance(self.batch, int) else SEQUENTIAL_STEP)
@@ -229,6 +234,11 @@ SEQUENTIAL_GROWTH = 0.02
 #: probability of a wrong certificate on the schedule is alpha (`certify.boundary`); "ville" keeps ln(1/alpha).
 SEQUENTIAL_BOUNDARY = "exact"
 
+#: sequential mode's choice of the class to test unless told otherwise: "all" tests every class on the same
+#: samples (`certify.selection`: no selection draws, about 1e-4 of alpha for the union over the classes);
+#: "argmax" is Cohen's (the most frequent of n0 separate draws, 51 of them when all agree).
+SEQUENTIAL_SELECTION = "all"
+
 #: sequential mode's futility level gamma unless told otherwise ("off" turns the rule off). Exact cost
 #: (benchmarks/futility_cost.py: max_n = 100,000, p0 = Phi(r/sigma) for r/sigma = 0.5, 1, 2): at most 1.1
 #: points of certification probability at rates from q to q + (q - p0), about half the samples at p0; on
@@ -269,4 +279,5 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-__all__ = ["ATTACK_OPTIONS", "AUTOCAST", "BOUNDARIES", "MIXTURES", "RUN_DEFAULTS", "RunOptions", "RunSettings", "package_versions"]
+__all__ = ["ATTACK_OPTIONS", "AUTOCAST", "BOUNDARIES", "MIXTURES", "RUN_DEFAULTS", "SELECTIONS", "RunOptions", "RunSettings",
+           "package_versions"]

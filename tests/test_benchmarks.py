@@ -38,10 +38,11 @@ def test_sequential_mnist_tiny(tmp_path):
     result = _load("sequential_mnist").main(
         ["--sigmas", "0.5", "--images", "3", "--cohen-images", "2", "--cohen-n", "300", "--max-n", "500",
          "--pack-images", "2", "--batch", "200", "--pack-step", "100", "--futility", "off", "0.3", "--boundary",
-         "ville", "--quiet", "--out", str(out)])
+         "ville", "--selection", "argmax", "--quiet", "--out", str(out)])
     assert json.loads(out.read_text())["sigmas"][0]["sigma"] == 0.5
     (s,) = result["sigmas"]
-    labels = {"two-sided, ville", "one-sided, ville", "two-sided, futility 0.3, ville", "one-sided, futility 0.3, ville"}
+    labels = {"two-sided, ville, argmax", "one-sided, ville, argmax", "two-sided, futility 0.3, ville, argmax",
+              "one-sided, futility 0.3, ville, argmax"}
     assert set(s["sequential"]) == set(s["cohen"]["sequential_on_same_images"]) == labels
     assert result["futility"] == [None, 0.3] and (result["step"], result["growth"]) == (10, 0.02)
     cohen = s["cohen"]
@@ -52,16 +53,16 @@ def test_sequential_mnist_tiny(tmp_path):
         assert 51 <= seq["mean_samples"] <= 100 + 500 and seq["max_samples"] <= 600
         same = cohen["sequential_on_same_images"][mixture]
         assert same["sample_ratio"] == pytest.approx(400 / same["mean_samples"])
-    assert s["packing"]["mixture"] == "two-sided, ville" and s["packing"]["images"] == 2
+    assert s["packing"]["mixture"] == "two-sided, ville, argmax" and s["packing"]["images"] == 2
 
     for mixture in ("two-sided", "one-sided"):  # the rule only ever stops earlier, never certifies more
-        off, on = s["sequential"][f"{mixture}, ville"], s["sequential"][f"{mixture}, futility 0.3, ville"]
+        off, on = s["sequential"][f"{mixture}, ville, argmax"], s["sequential"][f"{mixture}, futility 0.3, ville, argmax"]
         assert on["mean_samples"] <= off["mean_samples"]
         assert all(on["certified_accuracy"][r] <= off["certified_accuracy"][r] for r in off["certified_accuracy"])
     table = _load("sequential_mnist").markdown(result).splitlines()
     assert len(table) == 2 + 9 and table[2].startswith("| 0.5 | Cohen, n = 300 | 2 | 400 |")
-    same = cohen["sequential_on_same_images"]["one-sided, ville"]
-    assert f"| {same['sample_ratio']:.1f}x |" in table[4] and "one-sided, ville, same digits" in table[4]
+    same = cohen["sequential_on_same_images"]["one-sided, ville, argmax"]
+    assert f"| {same['sample_ratio']:.1f}x |" in table[4] and "one-sided, ville, argmax, same digits" in table[4]
 
     again = _load("sequential_mnist").main(  # Cohen's figures reused from the first run, the exact boundary
         ["--sigmas", "0.5", "--images", "3", "--cohen-images", "2", "--cohen-n", "300", "--max-n", "500",
@@ -70,7 +71,9 @@ def test_sequential_mnist_tiny(tmp_path):
     (a,) = again["sigmas"]
     assert {k: v for k, v in a["cohen"].items() if k not in ("from", "sequential_on_same_images")} == \
         {k: v for k, v in cohen.items() if k != "sequential_on_same_images"}
-    assert set(a["sequential"]) == {"one-sided, futility 0.3, exact"}
+    assert set(a["sequential"]) == {"one-sided, futility 0.3, exact, argmax", "one-sided, futility 0.3, exact, all classes"}
+    every, cohens = (a["sequential"][f"one-sided, futility 0.3, exact, {c}"] for c in ("all classes", "argmax"))
+    assert every["mean_samples"] < cohens["mean_samples"]  # no selection draws
     with pytest.raises(SystemExit, match="no Cohen run"):
         _load("sequential_mnist").main(["--sigmas", "0.25", "--images", "3", "--cohen-images", "2", "--cohen-n", "300",
                                          "--max-n", "500", "--quiet", "--cohen-from", str(out),

@@ -343,9 +343,9 @@ def test_bad_threshold_arguments_raise():
 
 def test_the_readme_command_with_its_defaults_spends_the_benchmarks_samples(tmp_path):
     """`dsmooth certify --mode sequential` without schedule options checks after 10 samples, then 2% of n
-    apart (at most --batch), with the exact boundary and the futility rule at 0.3, whatever the batch: so it
-    spends exactly what benchmarks/sequential_mnist.py's "one-sided, futility 0.3, exact" row spends on the
-    same digits."""
+    apart (at most --batch), with the exact boundary, the futility rule at 0.3 and every class tested,
+    whatever the batch: so it spends exactly what benchmarks/sequential_mnist.py's "one-sided, futility 0.3,
+    exact, all classes" row spends on the same digits."""
     import json
 
     from certify.cli import main
@@ -360,7 +360,8 @@ def test_the_readme_command_with_its_defaults_spends_the_benchmarks_samples(tmp_
                  "--denoiser", "dncnn.mnist5k_s050_mse", "--dataset", "mnist5k:test", "--sigma", "0.5",
                  "--n", "3000", "--mixture", "one-sided", "--skip", "125", "--quiet", "--out", str(out)]) == 0
     options = json.loads(out.with_suffix(".json").read_text())["settings"]["options"]
-    assert (options["step"], options["growth"], options["boundary"], options["futility"]) == (10, 0.02, "exact", 0.3)
+    assert (options["step"], options["growth"], options["boundary"], options["futility"], options["selection"]) == \
+        (10, 0.02, "exact", 0.3, "all")
     lines = [line.split("\t") for line in out.read_text().splitlines()[1:]]
     used = [int(line[8]) + int(line[9]) for line in lines]  # test samples + selection samples
     data = create_dataset("mnist5k:test")
@@ -368,8 +369,9 @@ def test_the_readme_command_with_its_defaults_spends_the_benchmarks_samples(tmp_
     indices = list(range(0, 1000, 125))
     bench = [c.n + c.n0 for c in certify_at_many(g, [data[i][0] for i in indices], [0.25, 0.5, 1.0], 0.001, 3000,
                                                  1000, indices=indices, step=10, growth=0.02, max_step=1000,
-                                                 mixture="one-sided", futility=0.3, boundary="exact")]
-    assert used == bench and min(used) < 500  # checks every 100 spent >= 100 + 400 on these digits
+                                                 mixture="one-sided", futility=0.3, boundary="exact",
+                                                 selection="all")]
+    assert used == bench and min(used) < 400  # checks every 100 after 100 selection draws spent >= 100 + 400
 
 
 @pytest.mark.parametrize("mixture", ["two-sided", "one-sided"])
