@@ -178,7 +178,8 @@ def test_sequential_modes_write_their_columns_and_analyze(cnn_dir, tmp_path, mod
 
     checks = set(check_schedule(2000, 10, 0.02, 100))  # the defaults: first check at 10, then 2% apart, <= batch
     for row in rows:
-        assert int(row[8]) in checks and 1 <= int(row[9]) <= 100  # stops early, at a check; selection <= n0
+        assert int(row[8]) in checks  # stops early, at a check
+        assert int(row[9]) == 0 if mode == "sequential" else 1 <= int(row[9]) <= 100  # every class tested; <= n0
         if mode == "sequential":
             certified = [int(v) for v in row[10].split(",")]
             assert len(certified) == 2 and float(row[3]) in {0.0, *(r for r, c in zip((0.05, 0.1), certified) if c)}
