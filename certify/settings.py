@@ -188,7 +188,10 @@ class RunSettings:
         if self.options.bound == "one-class":
             self.options = replace(self.options, bound=None)  # the default, recorded as unset
         if self.options.bound is not None and self.mode not in ("certify", "anytime"):
-            raise ValueError(f"the two-class bound is available in certify (Cohen) and anytime modes, not {self.mode!r}")
+            raise ValueError(f"the two-class bound is available in certify (Cohen) and anytime modes, not {self.mode!r}"
+                             + (" (its tests decide preset radii with the one-class test; --mode anytime --bound "
+                                "two-class gives the two-class radius with early stopping)" if self.mode == "sequential"
+                                else ""))
         if self.mode == "sequential":  # the defaults, recorded
             self.options = replace(self.options, futility=_default(self.options.futility, SEQUENTIAL_FUTILITY),
                                    boundary=_default(self.options.boundary, SEQUENTIAL_BOUNDARY),

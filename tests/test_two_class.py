@@ -139,6 +139,7 @@ def test_cli_two_class_column_and_refusals(tmp_path, capsys):
     assert main([*args, "--bound", "one-class", "--out", str(tmp_path / "o.tsv")]) == 0
     assert (tmp_path / "o.tsv").read_text().splitlines()[0].split("\t")[-1] == "n0"  # Cohen's columns, unchanged
     assert main([*args, "--mode", "sequential", "--radii", "0.25", "--bound", "two-class", "--out", str(tmp_path / "s.tsv")]) == 2
-    assert "certify (Cohen) and anytime modes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "certify (Cohen) and anytime modes" in err and "--mode anytime --bound two-class gives" in err
     assert main([*args, "--mode", "anytime", "--bound", "two-class", "--out", str(tmp_path / "a.tsv")]) == 0
     assert (tmp_path / "a.tsv").read_text().splitlines()[0].split("\t")[-1] == "pB_upper"
