@@ -21,7 +21,7 @@ most 1/j (j of them sum to at most 1), so
 with epsilon computed exactly by :func:`others_crossing` (dynamic programming, as the exact boundary;
 blocks of j share the bound of their first member). :func:`every_class_tests` gives the tests a
 level alpha_test = alpha (1 - share) with the least share in ``UNION_SHARES`` for which epsilon <=
-alpha share: on the MNIST benchmark epsilon is 1.6e-9 at r_1 = sigma / 2 and 2e-15 at r_1 = sigma,
+alpha share: on the MNIST benchmark epsilon is 1.6e-9 at r_1 = sigma / 2 and below 1e-14 at r_1 = sigma,
 so the tests run at 0.9999 alpha. Even a first radius near 0 costs at most about half of alpha
 (f(1/2) <= f(p0) <= alpha_test); a test that would need more is refused.
 """
@@ -38,7 +38,7 @@ from .boundary import SequentialTest, crossing_probability
 SELECTIONS = ("argmax", "all")
 #: the shares of alpha that "all" may set aside for the classes other than the most frequent one
 UNION_SHARES = (1e-4, 1e-3, 1e-2, 0.1, 0.5)
-_SINGLE = 16  # others_crossing: classes 2..16 each computed, then blocks that double
+_SINGLE = 16  # others_crossing: j = 2..15 each computed, then blocks [16, 32), [32, 64), ...
 
 
 def selection_gap(counts: np.ndarray, left: int) -> int:
@@ -68,7 +68,8 @@ def selection_settled(counts: np.ndarray, left: int) -> bool:
 def others_crossing(test: SequentialTest, num_classes: int) -> float:
     """epsilon = an upper bound on sum_{j=2..K} f(1/j), f(p) = the chance ``test`` ever certifies at rate p.
 
-    Exact for j <= 16; beyond, each block [a, 2a) counts 2a - a times f(1/a) (f grows with p).
+    Exact for j < 16; from 16 on, each block [a, 2a) counts a times f(1/a) (f grows with p; the computed f
+    is itself an upper bound, so the block's is too).
 
     >>> from certify.boundary import sequential_test
     >>> t = sequential_test(0.9, 0.001, 1000, checks=range(10, 1001, 10))

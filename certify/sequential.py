@@ -43,7 +43,8 @@ class GridCertificate:
     samples were drawn (at most the n0 asked for: selection stops once its argmax is settled; none with
     selection "all", where cA is the class certified at the smallest radius, or when none is, the most
     frequent test class).
-    ``pA_lower`` is L_n at the stop (a valid bound there too, 0 when n = 0).
+    ``pA_lower`` is L_n at the stop (a valid bound there too; 0 when n = 0, and with selection "all" when no
+    class was certified, since cA was then picked from the same samples).
     ``prediction`` is cA when at least one radius is certified, else -1; ``radius`` is the largest
     certified radius (0.0 when none), which is what a TSV line records.
     """
@@ -160,7 +161,8 @@ class _GridJob(_Job):
     def result(self) -> GridCertificate:
         cA = self.cA if self.cA is not None else int(self.counts.argmax())
         nA = int(self.counts[cA])
-        lower = lower_confidence_bound(nA, self.n, self.tests[0].alpha) if self.n else 0.0
+        chosen_here = self.cA is None  # picked from these very samples: L_n would not be a bound on its rate
+        lower = lower_confidence_bound(nA, self.n, self.tests[0].alpha) if self.n and not chosen_here else 0.0
         return GridCertificate(cA, self.radii, tuple(bool(d > 0) for d in self.decision[cA]),
                                tuple(int(n) for n in self.decided_at[cA]), float(lower), nA, self.n, self.sel_drawn)
 

@@ -107,6 +107,7 @@ def test_every_class_decides_as_argmax_does_without_the_selection_draws():
     f, g, x = _three_bands(0.1)  # rates about 0.21, 0.58, 0.21: r = 0.5 (p0 0.84) is out of reach
     c = certify_at(g, x, [0.5], selection="all", **kwargs)
     assert c.certified == (False,) and c.prediction == -1 and c.n < 20_000 and c.n0 == 0
+    assert c.pA_lower == 0.0  # cA was picked from these samples: no bound on its rate is reported
 
 
 def test_selection_option_is_checked_recorded_and_part_of_a_runs_identity(tmp_path, capsys):
