@@ -87,7 +87,7 @@ def others_crossing(test: SequentialTest, num_classes: int) -> float:
 
 
 def every_class_tests(build: Callable[[float], list[SequentialTest]], alpha: float,
-                          num_classes: int) -> list[SequentialTest]:
+                      num_classes: int) -> list[SequentialTest]:
     """``build(alpha_test)``'s tests (ascending radii) at the largest level that keeps "all" within alpha.
 
     >>> from certify.boundary import sequential_test
@@ -105,5 +105,5 @@ def every_class_tests(build: Callable[[float], list[SequentialTest]], alpha: flo
         "use selection 'argmax' or a larger first radius")
 
 
-__all__ = ["SELECTIONS", "UNION_SHARES", "others_crossing", "selection_gap", "selection_settled",
-           "every_class_tests"]
+__all__ = ["SELECTIONS", "UNION_SHARES", "every_class_tests", "others_crossing", "selection_gap",
+           "selection_settled"]

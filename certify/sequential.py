@@ -24,7 +24,7 @@ from .betting import (MIXTURES, anytime_radius, log_martingale, log_martingale_o
                       upper_confidence_bound)
 from .boundary import BOUNDARIES, SequentialTest, check_schedule, sequential_test
 from .packing import run_packed
-from .selection import SELECTIONS, selection_gap, selection_settled, every_class_tests
+from .selection import SELECTIONS, every_class_tests, selection_gap, selection_settled
 from .smoothing import ABSTAIN, Certificate, Smoothed
 from .stats import BOUNDS, check_alpha, radius_from_p, two_class_levels, two_class_radius
 
@@ -341,7 +341,7 @@ def certify_anytime(smoothed: Smoothed, x: torch.Tensor, alpha: float, max_n: in
 
 
 __all__ = [
-    "BOUNDARIES", "MIXTURES", "SELECTIONS", "GridCertificate", "SequentialTest", "anytime_radius", "certify_anytime",
-    "certify_anytime_many", "certify_at", "certify_at_many", "check_schedule", "log_martingale",
+    "BOUNDARIES", "MIXTURES", "SELECTIONS", "GridCertificate", "SequentialTest", "anytime_radius",
+    "certify_anytime", "certify_anytime_many", "certify_at", "certify_at_many", "check_schedule", "log_martingale",
     "log_martingale_one_sided", "lower_confidence_bound", "sequential_test", "upper_confidence_bound",
 ]
