@@ -43,7 +43,12 @@ def check_sigma(sigma: float) -> float:
 
 
 class NonFiniteOutput(ValueError):
-    """The networks returned NaN/inf (or an impossible class id): counting argmax of NaN would certify garbage."""
+    """The networks returned NaN/inf (or an impossible class id, or a denoiser left [0, 1]): counting argmax of
+    NaN would certify garbage (behind a remote API, NaN images become black PNGs that all get one label)."""
+
+
+class PluginOutputError(ValueError):
+    """A denoiser or classifier returned a tensor of the wrong shape or type for the pipeline."""
 
 _STREAMS = ("selection", "estimation", "prediction", "sequential", "attack")
 
@@ -125,9 +130,25 @@ class Smoothed(nn.Module):
             return p.device
         return torch.device(getattr(self.classifier, "device", "cpu"))
 
-    def _f_of_d(self, noisy: torch.Tensor) -> torch.Tensor:
-        images = noisy if self.denoiser is None else self.denoiser(noisy, self.sigma)
-        return self.classifier(images)
+    def _f_of_d(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(D(noisy)), a 0-dim flag: D returned values outside its ``output_range`` (NaN and inf included)).
+
+        A denoiser promises images in [0, 1] (``output_range``); one that passes the noise through (the
+        identity) says ``output_range = None``. The flag costs one min/max pass and no host sync.
+        """
+        bad = torch.zeros((), dtype=torch.bool, device=noisy.device)
+        if self.denoiser is None:
+            return self.classifier(noisy), bad
+        images = self.denoiser(noisy, self.sigma)
+        if images.shape != noisy.shape:
+            raise PluginOutputError(f"the denoiser of {self.describe()} returned shape {tuple(images.shape)} for "
+                                    f"noisy images of shape {tuple(noisy.shape)}; a denoiser returns images of the "
+                                    f"same shape as its input")
+        bounds = getattr(self.denoiser, "output_range", (0.0, 1.0))
+        if bounds is not None:
+            lo, hi = torch.aminmax(images.detach())
+            bad = ~((lo >= bounds[0]) & (hi <= bounds[1]))  # NaN compares false: flagged too
+        return self.classifier(images), bad
 
     def describe(self) -> str:
         """The pipeline in words, for messages: ``DnCNN -> ImageClassifier(small-cnn)``."""
@@ -139,13 +160,14 @@ class Smoothed(nn.Module):
     def evaluating(self) -> Iterator["Smoothed"]:
         """Eval mode for every network inside (BatchNorm statistics, dropout off), as Cohen's code does;
         each module's own train/eval flag is restored on exit."""
-        modes = [(m, m.training) for m in self.modules()]
-        self.eval()
+        training = [m for m in self.modules() if m.training]  # usually none: then this costs one walk
+        if training:
+            self.eval()
         try:
             yield self
         finally:
-            for m, training in modes:
-                m.training = training
+            for m in training:
+                m.training = True
 
     def base_outputs(self, noisy: torch.Tensor) -> torch.Tensor:
         """f(D(noisy)) for a batch: logits (B, K), or hard labels (B,) from a classifier that has no logits.
@@ -153,6 +175,10 @@ class Smoothed(nn.Module):
         Differentiable with respect to ``noisy`` when the networks are (the attacks use it); in the
         pipeline's precision and memory format.
         """
+        return self._checked_outputs(noisy)[0]
+
+    def _checked_outputs(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`base_outputs` and the denoiser's flag of `_f_of_d`."""
         if self.channels_last and noisy.ndim == 4:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast(noisy.device.type, dtype=self.autocast_dtype or torch.float32,
@@ -160,21 +186,40 @@ class Smoothed(nn.Module):
             return self._networks(noisy)
 
     def _classify(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class ids of f(D(noisy)), a 0-dim flag on the device: any output non-finite or out of range)."""
-        out = self.base_outputs(noisy)
+        """(class ids of f(D(noisy)), a 0-dim flag on the device: the denoiser's output or the classifier's was
+        non-finite or out of range). An output of the wrong shape raises `PluginOutputError` at once (no sync)."""
+        out, bad = self._checked_outputs(noisy)
+        self.check_output_shape(out, len(noisy))
         if out.ndim == 1:  # hard labels
-            return out.long(), ((out < 0) | (out >= self.num_classes)).any()
-        return out.argmax(dim=1), ~torch.isfinite(out).all()
+            return out, bad | ((out < 0) | (out >= self.num_classes)).any()
+        return out.argmax(dim=1), bad | ~torch.isfinite(out).all()
+
+    def check_output_shape(self, out: torch.Tensor, batch: int) -> None:
+        """Logits must be (batch, num_classes) and hard labels (batch,) integers: a network with more columns than
+        classes would have its extra classes counted as others, so a mismatch is refused, never folded."""
+        K = self.num_classes  # noqa: N806
+        if out.ndim == 2 and tuple(out.shape) == (batch, K):
+            return
+        if out.ndim == 1 and len(out) == batch and not out.is_floating_point() and not out.is_complex():
+            return
+        what = (f"a float vector of shape {tuple(out.shape)} (hard labels must be integer class ids)" if out.ndim == 1
+                else f"outputs of shape {tuple(out.shape)}")
+        raise PluginOutputError(f"the pipeline {self.describe()} returned {what} for a batch of {batch}; expected logits "
+                                f"({batch}, {K}) for num_classes={K}, or integer labels ({batch},). Pass the "
+                                f"classifier's true num_classes or fix the plugin")
 
     def refuse(self, where: str) -> NonFiniteOutput:
         return NonFiniteOutput(
-            f"the pipeline {self.describe()} returned non-finite outputs (NaN/inf) or class ids outside "
-            f"[0, {self.num_classes}) in {where} at sigma={self.sigma:g}; refusing to count them. Check the "
-            f"weights (a denoiser trained at an absurd sigma is NaN) and the --autocast precision")
+            f"the pipeline {self.describe()} returned non-finite outputs (NaN/inf), denoised images outside "
+            f"[0, 1] or class ids outside [0, {self.num_classes}) in {where} at sigma={self.sigma:g}; refusing to "
+            f"count them. Check the weights (a denoiser trained at an absurd sigma is NaN) and the --autocast precision")
 
+    @torch.inference_mode()
     def base_predict(self, noisy: torch.Tensor) -> torch.Tensor:
-        """Class ids of f(D(noisy)) for a batch of noisy images; non-finite outputs raise `NonFiniteOutput`."""
-        preds, bad = self._classify(noisy)
+        """Class ids of f(D(noisy)) for a batch of noisy images, in eval mode (each module's mode restored);
+        non-finite outputs raise `NonFiniteOutput`."""
+        with self.evaluating():
+            preds, bad = self._classify(noisy)
         if bool(bad):
             raise self.refuse(f"a batch of {len(noisy)} noisy images")
         return preds
@@ -197,8 +242,7 @@ class Smoothed(nn.Module):
         best, batch = 0, min(start, limit)
         while batch <= limit:
             try:
-                with torch.inference_mode(), self.evaluating():
-                    self.base_predict(torch.rand((batch, *shape), device=device))
+                self.base_predict(torch.rand((batch, *shape), device=device))
             except torch.OutOfMemoryError:
                 break
             finally:
@@ -232,6 +276,7 @@ class Smoothed(nn.Module):
     def generator(self, seed: int, index: int, stream: str) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(stream_seed(seed, index, stream))
 
+    @torch.inference_mode()
     def sample_batch(self, chunks: Sequence[tuple[torch.Tensor, int, torch.Generator]],
                      out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The one sampling step: for each chunk ``(x, size, generator)``, ``size`` noisy copies
@@ -239,7 +284,8 @@ class Smoothed(nn.Module):
 
         Returns the class counts per chunk, (len(chunks), K) on the device, and a 0-dim flag that is
         true when any output was non-finite or out of range (no host sync here: the caller decides
-        when to look). ``out`` is an optional reusable buffer of at least the total size.
+        when to look). ``out`` is an optional reusable buffer of at least the total size. Eval mode inside
+        (each module's mode restored), without autograd.
         """
         sizes = [size for _, size, _ in chunks]
         x0 = chunks[0][0]
@@ -251,15 +297,17 @@ class Smoothed(nn.Module):
             part = torch.randn((size, *x.shape), generator=generator, out=noisy[at:at + size])
             part.mul_(self.sigma).add_(x)  # x + sigma * N(0, I), in place
             at += size
-        preds, bad = self._classify(noisy)
-        slots = preds.clamp(0, self.num_classes - 1)
+        with self.evaluating():
+            preds, bad = self._classify(noisy)
+        K = self.num_classes  # noqa: N806
+        slots = torch.where((preds >= 0) & (preds < K), preds, K).long()  # an impossible id: slot K, flagged, dropped
         if len(chunks) > 1:
             owner = torch.repeat_interleave(torch.arange(len(chunks), device=preds.device),
                                             torch.tensor(sizes, device=preds.device))
-            slots = slots + owner * self.num_classes
-        counts = torch.zeros(len(chunks) * self.num_classes, dtype=torch.long, device=preds.device)
+            slots = slots + owner * (K + 1)
+        counts = torch.zeros(len(chunks) * (K + 1), dtype=torch.long, device=preds.device)
         counts.index_add_(0, slots, torch.ones_like(slots))
-        return counts.view(len(chunks), self.num_classes), bad
+        return counts.view(len(chunks), K + 1)[:, :K], bad
 
     def refuse_if(self, bad: torch.Tensor, where: str) -> None:
         """Raise `NonFiniteOutput` naming ``where`` when the flag of `sample_batch` is set (a host sync)."""

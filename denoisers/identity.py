@@ -11,6 +11,8 @@ from . import register_denoiser
 class Identity(nn.Module):
     """Returns the noisy image unchanged (not clipped), so f sees exactly x + d."""
 
+    output_range = None  # the noisy image itself: not an image in [0, 1], and not checked as one
+
     def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor:
         return noisy
 
