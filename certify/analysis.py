@@ -17,6 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .lines import check_line
 from .results import read_manifest
 
 CIFAR_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
@@ -108,8 +109,9 @@ def load_result(path: str | os.PathLike, name: str | None = None) -> RunResult:
     if not path.is_file():
         raise ValueError(f"result file {str(path)!r} does not exist")
     with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh, delimiter="\t"))
+        rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
     manifest = read_manifest(path) or {}
+    _check_lines(path, rows, manifest.get("settings"))
     columns = set(rows[0]) if rows else set()
     mode = manifest.get("settings", {}).get("mode", "certify")
     if rows and "radius" not in columns:
@@ -139,6 +141,19 @@ def load_result(path: str | os.PathLike, name: str | None = None) -> RunResult:
         eps, adversarial = _attack_columns(path, rows, manifest)
     return RunResult(name or path.stem, radius, correct, predict, times, samples, manifest, mode,
                      np.array(idx, dtype=int), label, eps, adversarial)
+
+
+def _check_lines(path: Path, rows: list[dict], settings: dict | None) -> None:
+    """Refuse a file with a line that does not follow from itself or from its manifest's settings
+    (`certify.lines`): a report never counts a false certificate."""
+    for number, row in enumerate(rows, start=2):
+        try:
+            problem = check_line(row, settings)
+        except (TypeError, ValueError) as exc:
+            problem = f"a malformed cell ({exc})"
+        if problem:
+            raise ValueError(f"{path} line {number}: {problem}; this file cannot be trusted. Certify again into a "
+                             f"fresh --out (or resume: a resumed run drops such lines and certifies those images again)")
 
 
 def _attack_columns(path: Path, rows: list[dict], manifest: dict) -> tuple[tuple[float, ...], np.ndarray]:

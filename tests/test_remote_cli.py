@@ -45,7 +45,7 @@ def test_remote_run_labels_from_api_cache_and_budget(server, folder, tmp_path, m
     assert main(_args(server, folder, out, "--query-budget", "200")) == 3
     assert "query budget of 200 would be exceeded" in capsys.readouterr().err
     done = out.read_text().splitlines()
-    assert all(len(line.split("\t")) == 10 for line in done)  # no partial line
+    assert all(len(line.split("\t")) == 11 for line in done)  # no partial line
     sent_before = server.total
 
     assert main(_args(server, folder, out, "--query-budget", "1000")) == 0  # resumes from the cache

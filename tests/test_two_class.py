@@ -133,13 +133,13 @@ def test_cli_two_class_column_and_refusals(tmp_path, capsys):
     out = tmp_path / "t.tsv"
     assert main([*args, "--bound", "two-class", "--out", str(out)]) == 0
     lines = [l.split("\t") for l in out.read_text().splitlines()]
-    assert lines[0][-1] == "pB_upper" and len(lines) == 5 and all(0 <= float(l[-1]) <= 1 for l in lines[1:])
+    assert lines[0][-2:] == ["pB_upper", "source"] and len(lines) == 5 and all(0 <= float(l[-2]) <= 1 for l in lines[1:])
     assert main([*args, "--out", str(out)]) == 2  # resuming with the other bound is refused
     assert "bound" in capsys.readouterr().err
     assert main([*args, "--bound", "one-class", "--out", str(tmp_path / "o.tsv")]) == 0
-    assert (tmp_path / "o.tsv").read_text().splitlines()[0].split("\t")[-1] == "n0"  # Cohen's columns, unchanged
+    assert (tmp_path / "o.tsv").read_text().splitlines()[0].split("\t")[-2:] == ["n0", "source"]  # no pB_upper
     assert main([*args, "--mode", "sequential", "--radii", "0.25", "--bound", "two-class", "--out", str(tmp_path / "s.tsv")]) == 2
     err = capsys.readouterr().err
     assert "certify (Cohen) and anytime modes" in err and "--mode anytime --bound two-class gives" in err
     assert main([*args, "--mode", "anytime", "--bound", "two-class", "--out", str(tmp_path / "a.tsv")]) == 0
-    assert (tmp_path / "a.tsv").read_text().splitlines()[0].split("\t")[-1] == "pB_upper"
+    assert (tmp_path / "a.tsv").read_text().splitlines()[0].split("\t")[-2] == "pB_upper"
