@@ -92,7 +92,7 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
     api.add_argument("--label-from-api", action="store_true",
                      help="ground truth = the API's top label on the clean image (as Salman et al.)")
     api.add_argument("--api-cache", default=None, help="answer cache folder (default: OUT stem + .api-cache)")
-    api.add_argument("--query-budget", type=int, default=None, help="refuse to send more than this many queries")
+    api.add_argument("--query-budget", type=int, default=None, help="send at most this many HTTP requests (retries count)")
     api.add_argument("--api-concurrency", type=int, default=None, help="requests in flight at once")
 
 

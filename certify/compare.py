@@ -38,6 +38,7 @@ from typing import Any
 from .analysis import ATTACK_LEGEND, analyze, markdown_table
 from .config import read_config
 from .pipeline import certify_dataset, distributed_context
+from .redact import redact
 from .settings import ATTACK_OPTIONS, RUN_DEFAULTS, RunOptions, RunSettings
 
 # The config's keys follow the run settings (certify.settings): what differs per pipeline, the rest shared.
@@ -209,7 +210,8 @@ def _write_readme(out_dir: Path, config: dict, all_settings: list[RunSettings], 
         "| name | classifier | denoiser | sigma | options |", "|---|---|---|---|---|",
     ]
     for p in config["pipelines"]:
-        opts = json.dumps({k: v for k, v in (("classifier", p.classifier_kwargs), ("denoiser", p.denoiser_kwargs)) if v})
+        opts = json.dumps(redact({k: v for k, v in (("classifier", p.classifier_kwargs),
+                                                    ("denoiser", p.denoiser_kwargs)) if v}))
         lines.append(f"| {p.name} | `{p.classifier}` | `{p.denoiser}` | {p.sigma} | {opts if opts != '{}' else ''} |")
     lines += ["", "## Certified accuracy (%) at L2 radius", "",
               markdown_table(summary["header"], summary["rows"]),

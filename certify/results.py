@@ -52,12 +52,12 @@ def shard_paths(out: Path) -> list[Path]:
     return sorted(p for p in out.parent.glob(out.name + ".part-*") if not p.name.endswith(".lock"))
 
 
-def refuse_links(*paths: Path) -> None:
-    """A clear error if any output path is a symbolic link (we never write through one)."""
+def refuse_links(*paths: Path, option: str = "--out") -> None:
+    """A clear error if any output path is a symbolic link (we never write through one); ``option`` chooses them."""
     for path in paths:
         if Path(path).is_symlink():
             raise ValueError(f"{path} is a symbolic link; refusing to write through it (it may point at "
-                             f"another file). Remove it or choose another --out")
+                             f"another file). Remove it or choose another {option}")
 
 
 def write_atomic(path: Path, text: str) -> None:

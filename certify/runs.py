@@ -44,7 +44,7 @@ def _check_resume(out: Path, settings: RunSettings) -> dict[str, Any] | None:
         if out.exists() or shard_paths(out):
             raise ValueError(f"{out} exists without its manifest {manifest_path(out).name}; refusing to append to it")
         return None
-    old, new = manifest.get("settings", {}), redact(settings.record())
+    old, new = redact(manifest.get("settings", {})), redact(settings.record())  # the rule of today on both sides
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise ValueError(

@@ -3,8 +3,11 @@
 The "model" is a deterministic function of the decoded PNG (``colour_labels``): the colour channels
 ranked by mean intensity ("red", "green", "blue"), or no label at all for a dark image (mean < 0.2).
 Faults hit the first attempt of a chosen fraction of images (by a hash of the body, so retries
-succeed): 429 with Retry-After, 500, a timeout (the server stalls), malformed JSON. ``answered``
-counts, per image digest, the requests that returned labels; failed attempts are not counted.
+succeed; with ``always=True`` every attempt draws anew, so an image may never be answered): 429 with
+Retry-After, 500, a stall (the server waits ``stall`` s, then answers 503), malformed JSON in a 200.
+``answered`` counts, per image digest, the requests that returned labels; ``received`` counts every
+request that reached the server. A request to an unknown path gets a 400 that echoes the path and its
+query, as real servers' error pages do (a signed URL included).
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ class FaultyVisionServer:
     """Serves Google, Azure, AWS Rekognition, Clarifai and the generic protocol on one port."""
 
     def __init__(self, keys: dict[str, str] | None = None, faults: dict[str, float] | None = None,
-                 retry_after: str = "0", stall: float = 1.0) -> None:
+                 retry_after: str = "0", stall: float = 1.0, always: bool = False) -> None:
         self.keys = keys or {}
         self.faults = faults or {}
+        self.always = always
+        self.received = 0
         self.retry_after, self.stall = retry_after, stall
         self.answered: Counter[str] = Counter()
         self.attempts: Counter[str] = Counter()
@@ -81,8 +86,10 @@ class FaultyVisionServer:
 
     # --- request handling ---------------------------------------------------------------------
     def _fault_for(self, digest: str, attempt: int) -> str | None:
-        if attempt > 0:
+        if attempt > 0 and not self.always:
             return None
+        if self.always:
+            digest = hashlib.sha256(f"{digest}/{attempt}".encode()).hexdigest()
         u = int(digest[:8], 16) / 0xFFFFFFFF
         lo = 0.0
         for kind in ("429", "500", "timeout", "malformed"):
@@ -102,6 +109,8 @@ class FaultyVisionServer:
         h.wfile.write(body)
 
     def _handle(self, h) -> None:
+        with self.lock:
+            self.received += 1
         raw = h.rfile.read(int(h.headers.get("Content-Length", 0)))
         path = h.path.split("?")[0]
         try:
@@ -109,7 +118,7 @@ class FaultyVisionServer:
         except PermissionError:
             return self._send(h, 403, b'{"error": "bad credentials"}')
         except (KeyError, ValueError) as exc:
-            return self._send(h, 400, json.dumps({"error": f"bad request {exc}"}).encode())
+            return self._send(h, 400, json.dumps({"error": f"bad request {exc}", "url": h.path}).encode())
         digest = hashlib.sha256(png).hexdigest()
         with self.lock:
             attempt = self.attempts[digest]

@@ -29,7 +29,10 @@ SECRETS = {"GOOGLE_API_KEY": "g-SECRET-7f3a91", "VISION_KEY": "az-SECRET-55c2", 
 SERVER_KEYS = {"google": SECRETS["GOOGLE_API_KEY"], "azure": SECRETS["VISION_KEY"], "clarifai": SECRETS["CLARIFAI_PAT"],
                "http": SECRETS["DSMOOTH_HTTP_TOKEN"], "aws": SECRETS["AWS_ACCESS_KEY_ID"]}
 FAULTS = {"429": 0.05, "500": 0.05, "timeout": 0.02, "malformed": 0.05}
-FAST = dict(concurrency=4, timeout=0.3, backoff=0.01, max_backoff=0.05)
+# A generous timeout where the timeout is not what is tested: on a loaded machine a 0.3 s one expired on
+# requests the server answered, and the exact counts below failed (a stall ends in a 503, retried anyway;
+# test_a_stalled_request_times_out_and_is_retried tests the timeout itself).
+FAST = dict(concurrency=4, timeout=30.0, backoff=0.01, max_backoff=0.05)
 N0, N, ALPHA, BATCH = 20, 100, 0.001, 50
 
 
@@ -80,7 +83,7 @@ def test_certify_three_images_exact_counts_cache_and_no_secrets(tmp_path, caplog
     images = _images()
     local = LocalColour()
     expected = [_certify(local, i, x) for i, x in enumerate(images)]
-    with FaultyVisionServer(keys=SERVER_KEYS, faults=FAULTS, stall=0.6) as server:
+    with FaultyVisionServer(keys=SERVER_KEYS, faults=FAULTS, stall=0.2) as server:
         clf = create_classifier("remote:google", cache_dir=str(tmp_path / "cache"), **_endpoint("google", server.url), **FAST)
         seen = []
         clf.register_forward_hook(lambda m, args, out: seen.append(len(out)))
@@ -128,7 +131,7 @@ def test_killed_run_resumes_without_resending(tmp_path):
     with FaultyVisionServer(keys=SERVER_KEYS) as server:
         child = subprocess.Popen([sys.executable, "-c", CHILD, f"{server.url}/classify", str(cache),
                                   str(Path(__file__).parent)], env={**os.environ, "OMP_NUM_THREADS": "1"})
-        deadline = time.time() + 90
+        deadline = time.time() + 600  # only a failing run waits this long
         while server.total < N0 + N + 50 and child.poll() is None and time.time() < deadline:
             time.sleep(0.005)
         assert child.poll() is None, "the child finished before it could be killed"
@@ -179,6 +182,54 @@ def test_each_vendor_format_with_faults(tmp_path, vendor):
         assert [clf.labels[i] for i in ids] == ["red", "green", "blue", "none", "red"]
         assert server.total == 4  # the repeated image was sent once
         assert clf.clean_label(images[1]) == int(ids[1]) and server.total == 4
+
+
+def test_budget_caps_every_request_sent_retries_included():
+    """Issue 25.6: garbage 200s and 500s are retried and each attempt counts; 8 threads retrying at once."""
+    images = torch.stack([torch.full((3, 4, 4), v) for v in torch.linspace(0.3, 0.9, 8).tolist()])
+    with FaultyVisionServer(faults={"malformed": 0.5, "500": 0.5}, always=True) as server:
+        clf = create_classifier("remote:http", endpoint=f"{server.url}/classify", budget=25, max_retries=60,
+                                backoff=0.0, concurrency=8)
+        with pytest.raises(BudgetExceeded, match="query budget of 25 would be exceeded: all 25 requests were sent"):
+            clf(images)
+        assert server.received == 25 == clf.queries_sent and clf.remaining == 0 and server.total == 0
+        assert "requests sent, retries included" in clf.describe()["budget_counts"]
+        with pytest.raises(BudgetExceeded, match="only 0 remain"):
+            clf(images[:1])
+        assert server.received == 25
+
+
+def test_a_stalled_request_times_out_and_is_retried(caplog):
+    x = torch.full((1, 3, 4, 4), 0.7)
+    with FaultyVisionServer(faults={"timeout": 1.0}, stall=30.0) as server:  # the first attempt never answers in time
+        clf = create_classifier("remote:http", endpoint=f"{server.url}/classify", timeout=1.0, backoff=0.0)
+        label = int(clf(x)[0])
+        assert clf.labels[label] == "red" and server.injected["timeout"] == 1 and server.total == 1
+    assert "http: timed out after 1 s; retry 1/" in caplog.text
+
+
+@pytest.mark.parametrize("planted", ["cache", "answers.sqlite", "answers.sqlite-wal", "answers.sqlite-shm",
+                                     "labels.json"])
+def test_links_in_the_answer_cache_are_refused_before_anything_is_written(tmp_path, planted):
+    """Issue 25.5: a linked cache folder, database, SQLite side file or vocabulary is never written through."""
+    victim, cache = tmp_path / "victim", tmp_path / "cache"
+    if planted == "cache":
+        victim.mkdir()
+        cache.symlink_to(victim, target_is_directory=True)
+    else:
+        victim.write_text('{"capacity": 8, "labels": ["none"]}')
+        cache.mkdir()
+        (cache / planted).symlink_to(victim)
+    with FaultyVisionServer() as server:
+        with pytest.raises(ValueError, match=rf"{planted} is a symbolic link; refusing to write through it .* another "
+                                             "--api-cache$"):
+            clf = create_classifier("remote:http", endpoint=f"{server.url}/classify", cache_dir=str(cache))
+            clf(torch.full((1, 3, 4, 4), 0.7))
+        assert server.received == 0
+    if planted == "cache":
+        assert list(victim.iterdir()) == []
+    else:
+        assert victim.read_text() == '{"capacity": 8, "labels": ["none"]}' and [p.name for p in cache.iterdir()] == [planted]
 
 
 def test_retry_after_is_honoured_and_permanent_errors_stop(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
-"""`dsmooth certify` against a remote API: labels from the API, cache beside the results, budget."""
+"""`dsmooth certify` against a remote API: labels from the API, cache beside the results, budget, no secret
+written anywhere."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from PIL import Image
 
 from certify.cli import main
+from classifiers.remote import RemoteClassifier
 
 sys.path.insert(0, str(Path(__file__).parent))
 from remote_server import FaultyVisionServer  # noqa: E402
@@ -31,9 +34,9 @@ def folder(tmp_path) -> Path:
     return tmp_path / "imgs"
 
 
-def _args(server, folder, out, *extra):
-    return ["certify", "--classifier", "remote:http", "--classifier-arg", f"endpoint={server.url}/classify",
-            "--classifier-arg", "timeout=2", "--classifier-arg", "backoff=0.01", "--dataset", f"imagefolder:{folder}",
+def _args(endpoint, folder, out, *extra):
+    return ["certify", "--classifier", "remote:http", "--classifier-arg", f"endpoint={endpoint}",
+            "--classifier-arg", "timeout=30", "--classifier-arg", "backoff=0.01", "--dataset", f"imagefolder:{folder}",
             "--sigma", "0.12", "--n0", "20", "--n", "100", "--batch", "60", "--alpha", "0.001", "--label-from-api",
             "--out", str(out), "--quiet", *extra]
 
@@ -42,13 +45,13 @@ def test_remote_run_labels_from_api_cache_and_budget(server, folder, tmp_path, m
     monkeypatch.setenv("DSMOOTH_HTTP_TOKEN", "tok-SECRET-1234")
     out = tmp_path / "api.tsv"
     # 3 clean labels + 3 x 120 samples (minus duplicates served from cache) exceed a budget of 200.
-    assert main(_args(server, folder, out, "--query-budget", "200")) == 3
+    assert main(_args(f"{server.url}/classify", folder, out, "--query-budget", "200")) == 3
     assert "query budget of 200 would be exceeded" in capsys.readouterr().err
     done = out.read_text().splitlines()
     assert all(len(line.split("\t")) == 11 for line in done)  # no partial line
     sent_before = server.total
 
-    assert main(_args(server, folder, out, "--query-budget", "1000")) == 0  # resumes from the cache
+    assert main(_args(f"{server.url}/classify", folder, out, "--query-budget", "1000")) == 0  # resumes from the cache
     rows = [l.split("\t") for l in out.read_text().splitlines()[1:]]
     assert len(rows) == 3
     labels = [int(r[1]) for r in rows]
@@ -57,9 +60,61 @@ def test_remote_run_labels_from_api_cache_and_budget(server, folder, tmp_path, m
     assert rows[0][2] == rows[0][1] and int(rows[0][4]) == 1  # a red image certifies as the API's own label
     assert len(set(labels)) == 3  # red, blue and the empty answer "none" are three classes
     again = server.total
-    assert main(_args(server, folder, tmp_path / "again.tsv", "--api-cache", str(out.with_suffix(".api-cache")))) == 0
+    assert main(_args(f"{server.url}/classify", folder, tmp_path / "again.tsv", "--api-cache", str(out.with_suffix(".api-cache")))) == 0
     assert server.total == again  # a repeated run is answered from the cache alone
     assert again > sent_before
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert b"tok-SECRET-1234" not in path.read_bytes(), path
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _all_bytes(root: Path) -> bytes:
+    return b"".join(_files(root).values())
+
+
+def test_secrets_in_the_endpoint_reach_no_file_message_or_log(folder, tmp_path, monkeypatch, capsys, caplog):
+    """Issue 25.4: a signed endpoint with user info: manifest (settings, command, classifier details), lock
+    file, answer cache (SQLite, side files), vocabulary, stop message and logs hold no secret."""
+    secrets = [b"SIG-SECRET-5150", b"PWD-SECRET-4242", b"INFO-SECRET-7070"]
+    monkeypatch.delenv("DSMOOTH_HTTP_TOKEN", raising=False)
+    caplog.set_level(logging.DEBUG)  # urllib3 logs each request line, query included, at DEBUG
+    during_run = []  # the lock file exists only while a run holds it: look at every file at every query
+    answers = RemoteClassifier.answers
+    monkeypatch.setattr(RemoteClassifier, "answers", lambda self, pngs: (during_run.append(_files(tmp_path)),
+                                                                         answers(self, pngs))[1])
+    with FaultyVisionServer(faults={"500": 0.1, "malformed": 0.1}) as srv:
+        signed = srv.url.replace("http://", "http://user:INFO-SECRET-7070@") + "/{}?X-Goog-Signature=SIG-SECRET-5150&pwd=PWD-SECRET-4242"
+        for path, out, code in (("classify", tmp_path / "api.tsv", 0), ("nowhere", tmp_path / "bad.tsv", 3)):
+            argv = _args(signed.format(path), folder, out, "--n", "40")
+            monkeypatch.setattr(sys, "argv", ["dsmooth", *argv])
+            assert main(argv) == code
+    err = capsys.readouterr().err  # the 400 page echoed the signed URL: the stop message carries it redacted
+    assert "stopped: http refused the query: HTTP 400" in err and "pwd=REDACTED" in err
+    manifest = (tmp_path / "api.json").read_text()
+    assert manifest.count("X-Goog-Signature=REDACTED&pwd=REDACTED") == 3  # settings, command, classifier details
+    assert b"user:INFO" not in _all_bytes(tmp_path)
+    blobs = [b"".join(files.values()) for files in during_run] + [_all_bytes(tmp_path), err.encode(),
+                                                                  caplog.text.encode()]
+    for blob in blobs:
+        for secret in secrets:
+            assert secret not in blob
+    assert sum(b"REDACTED" in files.get("api.tsv.lock", b"") for files in during_run) > 3  # the lock was looked at
+    assert any(name.endswith("answers.sqlite-wal") for files in during_run for name in files)
+    assert '"POST /classify?X-Goog-Signature=REDACTED&pwd=REDACTED HTTP/1.1" 200' in caplog.text
+
+
+def test_query_budget_counts_retries_and_stops_resumably(folder, tmp_path, monkeypatch, capsys):
+    """Issue 25.6: a server answering only garbage 200s and 500s receives exactly the budget's requests."""
+    monkeypatch.delenv("DSMOOTH_HTTP_TOKEN", raising=False)
+    with FaultyVisionServer(faults={"malformed": 0.5, "500": 0.5}, always=True) as srv:
+        argv = _args(f"{srv.url}/classify", folder, tmp_path / "api.tsv", "--query-budget", "15",
+                     "--classifier-arg", "max_retries=40", "--classifier-arg", "backoff=0")
+        assert main(argv) == 3
+        assert srv.received == 15
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("dsmooth certify: stopped: query budget of 15 would be exceeded: all 15 requests were "
+                           "sent (retries included)") and "resumes from here" in last

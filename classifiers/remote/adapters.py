@@ -1,30 +1,42 @@
 """Vendor adapters: one request/response format each (``Adapter``), HTTPS + JSON plumbing (``RestAdapter``),
-the errors they raise and the credentials they read. Credentials stay inside the adapters: never in the
-API id, the cache, ``describe()`` or a message.
+the errors they raise and the credentials they read. Credentials read from the environment stay inside
+the adapters; a secret the user put in an endpoint (a signed URL) is in the API id, which every writer
+redacts (``certify.redact``), and the errors here redact their own messages.
 """
 
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import threading
 import time
 from typing import Any
 
 from certify.errors import ResumableStop
+from certify.redact import RedactingFilter, redact
 
 from .wire import Labels
 
 
+_REDACTING = RedactingFilter()
+
+
 class RemoteError(ResumableStop):
-    """The API refused a query for good (bad credentials, bad request) or retries ran out."""
+    """The API refused a query for good (bad credentials, bad request) or retries ran out.
+
+    The message is redacted (``certify.redact``): a server's reply may echo a signed URL.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(redact(message))
 
 
 class Retryable(Exception):
-    """A transient failure (429, 5xx, timeout, connection error, malformed answer)."""
+    """A transient failure (429, 5xx, timeout, connection error, malformed answer); its message is redacted."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+        super().__init__(redact(message))
         self.retry_after = retry_after
 
 
@@ -74,6 +86,7 @@ class RestAdapter(Adapter):
 
     def __init__(self) -> None:
         self._local = threading.local()
+        logging.getLogger("urllib3.connectionpool").addFilter(_REDACTING)  # it logs each request's URL (DEBUG)
 
     def _session(self):
         import requests
@@ -88,10 +101,10 @@ class RestAdapter(Adapter):
 
         try:
             resp = self._session().post(url, headers=headers, timeout=timeout, **body)
-        except requests.Timeout as exc:
-            raise Retryable(f"{self.vendor}: timed out after {timeout:g} s") from exc
+        except requests.Timeout:  # requests' own texts name the URL: not chained, only their redacted gist
+            raise Retryable(f"{self.vendor}: timed out after {timeout:g} s") from None
         except requests.ConnectionError as exc:
-            raise Retryable(f"{self.vendor}: connection error ({type(exc).__name__})") from exc
+            raise Retryable(f"{self.vendor}: connection error ({type(exc).__name__}: {str(exc)[:300]})") from None
         if resp.status_code == 429 or resp.status_code >= 500:
             raise Retryable(f"{self.vendor}: HTTP {resp.status_code}", parse_retry_after(resp.headers.get("Retry-After")))
         if resp.status_code in (401, 403):

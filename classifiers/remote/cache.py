@@ -1,6 +1,7 @@
 """What a remote run remembers: the answers it bought (``AnswerCache``, SQLite) and the class ids it gave
 their labels (``LabelVocabulary``, JSON). Both survive a killed run, so a resumed one re-sends nothing
-and keeps the same ids.
+and keeps the same ids. Neither writes through a symbolic link (the folder, ``answers.sqlite``, its
+``-wal``/``-shm``/``-journal`` side files, ``labels.json``): one is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 
 from certify.redact import redact
-from certify.results import write_atomic
+from certify.results import refuse_links, write_atomic
 
 from .wire import NONE_LABEL, Labels
 
@@ -32,6 +33,8 @@ class LabelVocabulary:
             raise ValueError(f"vocabulary capacity must be an int >= 2, got {capacity!r}")
         self.capacity = capacity
         self.path = Path(path) if path is not None else None
+        if self.path is not None:
+            refuse_links(self.path, option="--api-cache")
         self._ids: dict[str, int] = {NONE_LABEL: 0}
         self._lock = threading.Lock()
         if self.path is not None and self.path.is_file():
@@ -64,16 +67,23 @@ class LabelVocabulary:
 
 
 class AnswerCache:
-    """Every answer ever received, keyed by sha256(api id, PNG bytes); in memory when ``directory`` is None."""
+    """Every answer ever received, keyed by sha256(api id, PNG bytes); in memory when ``directory`` is None.
+
+    The key hashes the API id as given (a secret in an endpoint changes the key, so answers are never
+    shared across endpoints); the ``api`` column stores it redacted.
+    """
 
     FILE = "answers.sqlite"
+    SIDE_FILES = ("-wal", "-shm", "-journal")  # SQLite writes these beside the database
 
     def __init__(self, directory: str | os.PathLike | None = None) -> None:
         self._memory: dict[str, Labels] = {}
         self._db = None
         if directory is not None:
+            db = Path(directory) / self.FILE
+            refuse_links(directory, db, *(Path(f"{db}{side}") for side in self.SIDE_FILES), option="--api-cache")
             Path(directory).mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(Path(directory) / self.FILE), check_same_thread=False)
+            self._db = sqlite3.connect(str(db), check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process
             self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, api TEXT, "

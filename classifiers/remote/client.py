@@ -9,17 +9,21 @@ Why each piece:
 - **Cache** (SQLite, ``cache_dir/answers.sqlite``): every answer is stored the moment it arrives,
   keyed by ``sha256(api id, PNG bytes)``. The engine draws noise deterministically per (seed, image
   index), so a resumed or repeated run produces the same PNG bytes and re-sends nothing; a finished run
-  can be re-certified offline. Stored: the API id (vendor, endpoint, model options; never a credential),
-  the image digest, the ranked labels and scores.
-- **Budget**: queries actually sent (cache hits are free). A batch whose new queries would exceed it is
-  refused *before anything is sent*, with the number of queries that remain; answers bought so far stay
-  in the cache, so a later run with a larger budget picks up where this one stopped.
+  can be re-certified offline. Stored: the API id (vendor, endpoint, model options; redacted), the
+  image digest, the ranked labels and scores.
+- **Budget**: a hard cap on the HTTP requests sent, retries included (each attempt is one request; cache
+  hits are free). A batch with more new images than requests remain is refused *before anything is
+  sent*; every attempt, first or retry, takes one request under a lock before it is sent, so several
+  threads retrying never pass the cap. Either way the run stops with ``BudgetExceeded``; answers
+  bought so far stay in the cache, so a later run with a larger budget picks up where this one stopped.
 - **Retries**: 429, 5xx, timeouts, connection errors and unparsable answers are retried with
   exponential backoff and full jitter, waiting at least the server's ``Retry-After``.
 - **Vocabulary**: label strings become stable class ids in order of first appearance ("none", the class
   of an empty answer, is always 0); saved as JSON so a resumed run keeps the same ids.
-- **Credentials** stay inside the adapters (read from the vendor's usual environment variables); they
-  are never part of the API id, the cache, the vocabulary, ``describe()`` or log messages.
+- **Credentials** stay inside the adapters (read from the vendor's usual environment variables). A secret
+  in the endpoint itself (a signed URL, ``?key=``, user info) is part of the API id, so part of the cache
+  key's hash, but is redacted (``certify.redact``) wherever the id is written: the cache's ``api``
+  column, ``describe()``, messages and logs.
 """
 
 from __future__ import annotations
@@ -97,17 +101,17 @@ class RemoteClassifier(nn.Module):
         self.max_retry_wait = float(max_retry_wait)
         self.adapter = adapter
         self.api = adapter.api_id()
-        self.cache = AnswerCache(cache_dir)
         if isinstance(vocabulary, LabelVocabulary):
             self.vocabulary = vocabulary
         else:
             if vocabulary is None and cache_dir is not None:
                 vocabulary = Path(cache_dir) / "labels.json"
-            self.vocabulary = LabelVocabulary(num_classes, vocabulary)
+            self.vocabulary = LabelVocabulary(num_classes, vocabulary)  # reads only: a link is refused first
+        self.cache = AnswerCache(cache_dir)
         self.num_classes = self.vocabulary.capacity
         self.budget = budget
-        self.queries_sent = 0  # answered queries this run (what the budget counts)
-        self._reserved = 0
+        self.queries_sent = 0  # HTTP requests sent this run, retries included (what the budget counts)
+        self._budget_lock = threading.Lock()
         self.concurrency, self.max_retries, self.backoff, self.max_backoff = concurrency, max_retries, backoff, max_backoff
         self.timeout = float(timeout)
         self._rate = RateLimiter(rate_limit)
@@ -122,26 +126,41 @@ class RemoteClassifier(nn.Module):
 
     @property
     def remaining(self) -> int | None:
-        """Queries left in the budget (None: unlimited)."""
-        return None if self.budget is None else self.budget - self.queries_sent - self._reserved
+        """Requests left in the budget (None: unlimited)."""
+        return None if self.budget is None else self.budget - self.queries_sent
 
     def describe(self) -> dict[str, Any]:
         """Settings for a run manifest (no credentials)."""
         return dict(redact(self.adapter.describe()), num_classes=self.num_classes, budget=self.budget,
+                    budget_counts="HTTP requests sent, retries included (cache hits are free)",
                     concurrency=self.concurrency, max_retries=self.max_retries, timeout=self.timeout,
                     encoding="clip to [0,1], round(255 x), PNG")
 
     def require(self, queries: int) -> None:
-        """Refuse now (``BudgetExceeded``) if ``queries`` more would exceed the budget."""
+        """Refuse now (``BudgetExceeded``) if ``queries`` more requests would exceed the budget."""
         remaining = self.remaining
         if remaining is not None and queries > remaining:
             raise BudgetExceeded(f"query budget of {self.budget} would be exceeded: {queries} new queries needed, "
-                                 f"only {remaining} remain ({self.queries_sent} sent this run). Nothing was sent; "
-                                 "answers so far are cached, so a run with a larger budget resumes from here.")
+                                 f"only {remaining} remain ({self.queries_sent} requests sent this run, retries "
+                                 "included). Nothing was sent; answers so far are cached, so a run with a larger "
+                                 "budget resumes from here.")
+
+    def _spend_one(self) -> None:
+        """Take one request from the budget before it is sent (first attempt or retry), or refuse.
+
+        Under a lock: threads retrying at once never send more than the budget.
+        """
+        with self._budget_lock:
+            if self.budget is not None and self.queries_sent >= self.budget:
+                raise BudgetExceeded(f"query budget of {self.budget} would be exceeded: all {self.budget} requests "
+                                     "were sent (retries included) and an image still needs one. Answers so far "
+                                     "are cached, so a run with a larger budget resumes from here.")
+            self.queries_sent += 1
 
     # --- querying ---------------------------------------------------------------------------------
     def _query_with_retries(self, png: bytes) -> Labels:
         for attempt in range(self.max_retries + 1):
+            self._spend_one()  # every request counts, a retry too
             self._rate.wait()
             try:
                 try:
@@ -177,12 +196,8 @@ class RemoteClassifier(nn.Module):
             else:
                 todo[k] = p
         if todo:
-            self.require(len(todo))
-            self._reserved += len(todo)
-            try:
-                self._fetch(todo, found)
-            finally:
-                self._reserved = 0
+            self.require(len(todo))  # each new image needs at least one request
+            self._fetch(todo, found)
         return [found[k] for k in keys]
 
     def _fetch_one(self, key: str, png: bytes) -> Labels:
@@ -197,14 +212,10 @@ class RemoteClassifier(nn.Module):
         try:
             for fut in cf.as_completed(futures):
                 found[futures[fut]] = fut.result()
-                self.queries_sent += 1
-                self._reserved -= 1
         except BaseException:
             for f in futures:
                 f.cancel()
             cf.wait(futures)  # queries already in flight still land in the cache
-            self.queries_sent += sum(1 for f in futures if f.done() and not f.cancelled()
-                                     and f.exception() is None and futures[f] not in found)
             raise
 
     @staticmethod
