@@ -1,9 +1,6 @@
-"""Tables and curves from result TSVs: certified accuracy, ACR, abstain rate, the sigma envelope.
-
-Certified accuracy at r is the fraction of images with ``correct == 1`` and ``radius >= r``; at
-r = 0 it is the smoothed classifier's clean accuracy. ACR = mean(radius * correct). The
-high-probability variant subtracts alpha and a Bernstein term for the finite number of images
-(REFERENCE.md section 1), rho = 0.001.
+"""Reports from result TSVs: loading them (ours, Cohen's), attack runs beside certified ones, and
+``analyze``, which writes the tables (`certify.tables`), the curves (`certify.plots`) and, if asked, a
+grid of noisy and denoised samples (`certify.samples`) into a folder, never through a symbolic link.
 """
 
 from __future__ import annotations
@@ -17,11 +14,17 @@ from typing import Sequence
 
 import numpy as np
 
+from .betting import anytime_radius
 from .lines import check_line
-from .results import read_manifest
+from .results import read_manifest, refuse_links, write_atomic
+from .stats import max_radius
+from .tables import (csv_text, default_radii, envelope_note, high_probability_table, latex_table, markdown_table,
+                     per_image_table, predictions_table, summarize)
 
-CIFAR_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
-IMAGENET_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
+#: every file a report may write into its folder, each through `certify.results.write_atomic` (a temporary
+#: file renamed into place: a link planted there is replaced, never written through)
+REPORT_FILES = ("table.md", "table.csv", "table.tex", "per_image.csv", "high_probability.md", "predictions.md", "empirical.md",
+                "curves.png", "samples.png", "README.md")
 
 
 @dataclass
@@ -44,6 +47,7 @@ class RunResult:
     label: np.ndarray | None = None
     eps: tuple[float, ...] = ()                # attack runs: the radii attacked
     adversarial: np.ndarray | None = None     # attack runs: PREDICT at each eps's point, (images, len(eps))
+    source: list[str] | None = None           # each image's file or dataset id, where the TSV says
 
     @property
     def m(self) -> int:
@@ -78,6 +82,39 @@ class RunResult:
         answers = self.predict if eps == 0 else self.adversarial[:, self.eps.index(eps)]
         ok = answers == self.label
         return float(np.mean(ok if strict else ok | (answers == -1)))
+
+    def decided_radii(self) -> tuple[float, ...]:
+        """Sequential mode: the radii the run decided (from its manifest); () otherwise."""
+        try:
+            return tuple(sorted({float(r) for r in self.manifest["settings"]["options"]["radii"]}))
+        except (KeyError, TypeError, ValueError):
+            return ()
+
+    def certifiable(self) -> float:
+        """The largest radius this run could certify: all n samples agreeing at its sigma, alpha and bound
+        (`certify.stats.max_radius`, or the anytime bound's), its largest radius in sequential mode; a
+        file without a manifest (Cohen's) says only what it holds, the largest radius in it.
+
+        >>> run = RunResult("r", np.zeros(0), *[np.zeros(0)] * 4, {"settings": {"sigma": 0.25, "n": 100, "alpha": 0.001}})
+        >>> round(run.certifiable(), 3)
+        0.375
+        """
+        s = self.manifest.get("settings") or {}
+        try:
+            if s.get("mode") == "sequential":
+                return max(self.decided_radii())
+            level = float(s["alpha"]) / (2 if (s.get("options") or {}).get("bound") == "two-class" else 1)
+            if s.get("mode") == "anytime":
+                return anytime_radius(int(s["n"]), int(s["n"]), float(s["sigma"]), level)
+            return max_radius(float(s["sigma"]), int(s["n"]), level)
+        except (KeyError, TypeError, ValueError):
+            return float(self.radius.max()) if self.m else 0.0
+
+    def image_set(self) -> tuple:
+        """Which images the run certified (dataset, its options, indices): envelopes combine only equal ones."""
+        s = self.manifest.get("settings") or {}
+        return (s.get("dataset"), repr((s.get("options") or {}).get("dataset_kwargs")),
+                tuple(sorted(set(self.idx.tolist()))) if self.idx is not None else ())
 
     def identity(self) -> tuple:
         """What makes two runs the same smoothed classifier g (the pipeline, sigma and data), for pairing."""
@@ -140,7 +177,8 @@ def load_result(path: str | os.PathLike, name: str | None = None) -> RunResult:
     if mode == "attack":
         eps, adversarial = _attack_columns(path, rows, manifest)
     return RunResult(name or path.stem, radius, correct, predict, times, samples, manifest, mode,
-                     np.array(idx, dtype=int), label, eps, adversarial)
+                     np.array(idx, dtype=int), label, eps, adversarial,
+                     [r["source"] or "" for r in rows] if "source" in columns else None)
 
 
 def _check_lines(path: Path, rows: list[dict], settings: dict | None) -> None:
@@ -194,11 +232,11 @@ def violations(certified: RunResult, attack: RunResult) -> list[str]:
     """
     radius = {int(i): r for i, r, ok in zip(certified.idx, certified.radius, certified.correct) if ok == 1}
     found = []
-    for i, label, answers in zip(attack.idx, attack.label, attack.adversarial):
+    for i, label, answers, source in zip(attack.idx, attack.label, attack.adversarial, attack.source or [""] * attack.m):
         for e, answer in zip(attack.eps, answers):
             if int(i) in radius and e < radius[int(i)] and answer not in (label, -1):
-                found.append(f"image {int(i)} (label {int(label)}) certified at radius {radius[int(i)]:g} but "
-                             f"PREDICT says {int(answer)} at eps {e:g}")
+                found.append(f"image {int(i)} (label {int(label)}{', ' + source if source else ''}) certified at "
+                             f"radius {radius[int(i)]:g} but PREDICT says {int(answer)} at eps {e:g}")
     return found
 
 
@@ -231,63 +269,40 @@ def pair(attack: RunResult, results: Sequence[RunResult]) -> RunResult | None:
     return max(named, key=lambda r: len(r.name)) if named else None
 
 
-def default_radii(results: Sequence[RunResult]) -> tuple[float, ...]:
-    """The papers' grid: ImageNet 0..3 step 0.5, otherwise (CIFAR-10, MNIST) 0..1.5 step 0.25."""
-    datasets = " ".join(str(r.manifest.get("settings", {}).get("dataset", "")) for r in results).lower()
-    return IMAGENET_RADII if "imagenet" in datasets else CIFAR_RADII
+def run_names(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """Row names for result files: their stems, with as many parent folders as it takes to tell them apart.
 
-
-def high_probability(acc: float, m: int, alpha: float, rho: float = 0.001) -> float:
-    """A lower bound on the true certified accuracy that holds with probability >= 1 - rho.
-
-    REFERENCE section 1's bound, clipped at 0 (a negative lower bound on a rate says nothing more).
-
-    >>> round(high_probability(0.5, 500, 0.001), 4)
-    0.4907
-    >>> high_probability(0.05, 20, 0.001)   # 20 images cannot vouch for 5%
-    0.0
+    >>> run_names(["a/run.tsv", "b/run.tsv", "b/other.tsv"])
+    ['a/run', 'b/run', 'other']
     """
-    if m == 0:
-        return float("nan")
-    log_term = math.log(1.0 / rho)
-    return max(0.0, acc - alpha - math.sqrt(alpha * (1 - alpha) * log_term / m) - log_term / (3 * m))
+    parts = [Path(os.path.abspath(p)).with_suffix("").parts[1:] for p in paths]
+    depth = [1] * len(parts)
+    while True:
+        names = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        clashing = [i for i, name in enumerate(names) if names.count(name) > 1]
+        growing = [i for i in clashing if depth[i] < len(parts[i])]
+        if not clashing:
+            return names
+        if not growing:
+            raise ValueError(f"{str(paths[clashing[0]])!r} is given twice; give each result file once")
+        for i in growing:
+            depth[i] += 1
 
 
-def summarize(results: Sequence[RunResult], radii: Sequence[float]) -> tuple[list[str], list[list]]:
-    """One row per run plus the envelope row: certified accuracy (%) per radius, ACR, abstain, s/img."""
-    header = ["run", "sigma", "images"] + [f"r={r:g}" for r in radii] + ["ACR", "abstain %", "s/img", "samples/img"]
-    rows = []
-    for res in results:
-        rows.append([res.name, res.sigma, res.m] + [round(100 * res.certified_accuracy(r), 1) for r in radii]
-                    + [round(res.acr(), 3), round(100 * res.abstain_rate(), 1),
-                       round(float(np.mean(res.time)), 3) if res.m else float("nan"),
-                       _mean(res.samples)])
-    if len(results) > 1:
-        env = [max(round(100 * res.certified_accuracy(r), 1) for res in results) for r in radii]
-        rows.append(["envelope (best per radius)", "", ""] + env + ["", "", "", ""])
-    return header, rows
-
-
-def _mean(values: np.ndarray) -> float:
-    return round(float(np.mean(values))) if len(values) and not np.isnan(values).any() else float("nan")
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:g}"
-    return "" if value is None else str(value)
-
-
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+def refuse_report_links(out_dir: Path) -> None:
+    """A clear error, before anything is written, when a report file in ``out_dir`` is a symbolic link (a link
+    inside could send our output anywhere; the folder itself may be one: where a report goes is the user's)."""
+    refuse_links(*(Path(out_dir) / name for name in REPORT_FILES))
 
 
 def analyze(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, radii: Sequence[float] | None = None,
-            names: Sequence[str] | None = None) -> dict:
-    """Write ``table.md``, ``table.csv``, ``high_probability.md`` and ``curves.png`` for result files
-    (``predictions.md`` for PREDICT runs, ``empirical.md`` for attack runs beside their certified curves).
+            names: Sequence[str] | None = None, samples: bool = False, device: str | None = None) -> dict:
+    """Write ``table.md``, ``table.csv``, ``table.tex``, ``high_probability.md`` and ``curves.png`` for
+    result files (``predictions.md`` for PREDICT runs, ``empirical.md`` for attack runs beside their
+    certified curves; ``samples.png`` with ``samples``: each run's denoiser rebuilt from its manifest).
+
+    The default grid follows what the runs can certify (`certify.tables.default_radii`); rows are named
+    after the files (`run_names`) unless ``names`` are given; no file is written through a link.
 
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -299,50 +314,53 @@ def analyze(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, radi
         raise ValueError("analyze needs at least one result TSV")
     if names and len(names) != len(paths):
         raise ValueError(f"--names gives {len(names)} name(s) for {len(paths)} file(s); give one per file")
-    names = list(names) if names else [Path(p).stem for p in paths]
-    loaded = [load_result(p, n) for p, n in zip(paths, names)]
+    if names and len(set(names)) < len(names):
+        raise ValueError(f"--names must differ from each other, got {list(names)}")
+    if radii is not None and not all(math.isfinite(r) and r >= 0 for r in radii):
+        raise ValueError(f"radii must be finite numbers >= 0, got {list(radii)}")
+    if samples:
+        from .pipeline import default_device
+
+        default_device(device)  # a mistyped --device is one error, before anything is written
+    loaded = [load_result(p, n) for p, n in zip(paths, list(names) if names else run_names(paths))]
     results = [r for r in loaded if r.mode not in ("predict", "attack")]
     predictions = [r for r in loaded if r.mode == "predict"]
     attacks = [r for r in loaded if r.mode == "attack"]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary: dict = {"header": [], "rows": [], "out_dir": str(out_dir), "predictions": None, "attacks": None}
+    refuse_report_links(out_dir)
+    summary: dict = dict(header=[], rows=[], out_dir=str(out_dir), predictions=None, attacks=None, note="", samples=None)
     if attacks:
         a_header, a_rows, found = empirical_table(results, attacks)
         verdict = ("\n".join(f"- VIOLATION {v}" for v in found) if found else
                    "No image certified at radius r was broken (PREDICT returned another class) by an attack with eps < r.")
-        (out_dir / "empirical.md").write_text(
-            ATTACK_LEGEND + "\n\n" + markdown_table(a_header, a_rows)
-            + "\n" + verdict + "\n")
+        write_atomic(out_dir / "empirical.md", ATTACK_LEGEND + "\n\n" + markdown_table(a_header, a_rows) + "\n" + verdict + "\n")
         summary["attacks"] = {"header": a_header, "rows": a_rows, "violations": found}
     if predictions:
-        p_header = ["run", "sigma", "images", "accuracy %", "abstain %", "s/img", "samples/img"]
-        p_rows = [[r.name, r.sigma, r.m, round(100 * float(np.mean(r.correct)), 1) if r.m else float("nan"),
-                   round(100 * r.abstain_rate(), 1), round(float(np.mean(r.time)), 3) if r.m else float("nan"),
-                   _mean(r.samples)] for r in predictions]
-        (out_dir / "predictions.md").write_text(
-            "Smoothed predictions (PREDICT: no radius, not certificates)\n\n" + markdown_table(p_header, p_rows))
+        p_header, p_rows = predictions_table(predictions)
+        write_atomic(out_dir / "predictions.md", "Smoothed predictions (PREDICT: no radius, not certificates)\n\n"
+                     + markdown_table(p_header, p_rows))
         summary["predictions"] = {"header": p_header, "rows": p_rows}
     if not results and not attacks:
         return summary
     radii = tuple(radii) if radii else default_radii(results or attacks)
-    if any(r < 0 for r in radii):
-        raise ValueError(f"radii must be >= 0, got {list(radii)}")
     from .plots import plot_curves
 
     reach = [*radii, *(e for a in attacks for e in a.eps)]
     plot_curves(results, out_dir / "curves.png", max_radius=max(reach) if reach else None, attacks=attacks)
+    if samples:
+        from .samples import samples_from_manifests
+
+        summary["samples"] = samples_from_manifests(results, out_dir / "samples.png", device=device)
     if not results:
         return summary
     header, rows = summarize(results, radii)
-    (out_dir / "table.md").write_text(markdown_table(header, rows))
-    with open(out_dir / "table.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([header, *rows])
-    hp_header = ["run", "images", "alpha"] + [f"r={r:g}" for r in radii]
-    hp_rows = [[res.name, res.m, res.alpha] + [round(100 * high_probability(res.certified_accuracy(r), res.m, res.alpha), 1)
-                                                for r in radii] for res in results]
-    (out_dir / "high_probability.md").write_text(
-        "Certified accuracy (%) that holds with probability >= 99.9% over the choice of images\n\n"
-        + markdown_table(hp_header, hp_rows))
-    summary.update(header=header, rows=rows)
+    note = envelope_note(results)
+    write_atomic(out_dir / "table.md", markdown_table(header, rows) + (f"\n{note}\n" if note else ""))
+    write_atomic(out_dir / "table.csv", csv_text(header, rows))
+    write_atomic(out_dir / "table.tex", latex_table(results, radii))
+    write_atomic(out_dir / "per_image.csv", csv_text(*per_image_table(results)))
+    write_atomic(out_dir / "high_probability.md", "Certified accuracy (%) that holds with probability >= 99.9% over "
+                 "the choice of images\n\n" + markdown_table(*high_probability_table(results, radii)))
+    summary.update(header=header, rows=rows, note=note)
     return summary

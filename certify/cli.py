@@ -132,9 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="certified-accuracy tables and curves from result TSVs")
     p.add_argument("files", nargs="+", help="result TSVs")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--radii", default=None, help="comma-separated radius grid (default: the dataset's)")
-    p.add_argument("--names", default=None, help="comma-separated run names (default: file stems)")
+    p.add_argument("--out", required=True, help="output folder (a symbolic link inside it is refused; the "
+                                                "folder itself may be one)")
+    p.add_argument("--radii", default=None, help="comma-separated radius grid (default: 0 up to the largest radius "
+                                                 "the runs can certify, in round steps)")
+    p.add_argument("--names", default=None, help="comma-separated run names (default: file stems, with parent "
+                                                 "folders where stems repeat)")
+    p.add_argument("--samples", action="store_true", help="also draw samples.png: a few images clean, noisy and "
+                                                          "denoised per run, each denoiser rebuilt from the run's manifest")
+    p.add_argument("--device", default=None, help="where --samples runs the denoisers (default: cuda if available)")
 
     p = sub.add_parser("compare", help="certify several denoiser/classifier pipelines on the same images")
     p.add_argument("--config", required=True, help="compare YAML (see recipes/configs/)")
@@ -250,10 +256,14 @@ def cmd_analyze(args: argparse.Namespace) -> None:
     from .analysis import analyze, markdown_table
 
     names = args.names.split(",") if args.names else None
-    summary = analyze(args.files, args.out, radii=_parse_floats(args.radii, "--radii"), names=names)
+    summary = analyze(args.files, args.out, radii=_parse_floats(args.radii, "--radii"), names=names,
+                      samples=args.samples, device=args.device)
     if summary["rows"]:
         print(markdown_table(summary["header"], summary["rows"]), end="")
-        print(f"wrote {args.out}/table.md, table.csv, high_probability.md, curves.png")
+        if summary["note"]:
+            print(summary["note"])
+        print(f"wrote {args.out}/table.md, table.csv, table.tex, high_probability.md, curves.png"
+              + (", samples.png" if summary.get("samples") else ""))
     if summary["predictions"]:
         print(markdown_table(summary["predictions"]["header"], summary["predictions"]["rows"]), end="")
         print(f"wrote {args.out}/predictions.md (PREDICT runs: accuracy and abstentions, no radii)")
@@ -281,7 +291,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         print(markdown_table(summary["header"], summary["rows"]), end="")
         if summary.get("attacks"):
             _print_attacks(summary["attacks"])
-        print(f"wrote {out}/README.md, table.md, table.csv, curves.png" + (", empirical.md" if summary.get("attacks") else ""))
+        print(f"wrote {out}/README.md, table.md, table.csv, table.tex, curves.png"
+              + (", samples.png" if summary.get("samples") else "") + (", empirical.md" if summary.get("attacks") else ""))
 
 
 def cmd_train_denoiser(args: argparse.Namespace) -> None:

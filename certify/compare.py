@@ -16,9 +16,11 @@ A config names one dataset and the certification settings, and lists pipelines::
       - {name: ddpm-10step-s025, classifier: small-cnn.mnist5k, denoiser: ddpm.mnist5k, sigma: 0.25,
          denoiser_kwargs: {num_steps: 10}}
 
-The output folder gets one TSV + JSON per pipeline, ``table.md``/``table.csv`` (certified accuracy at
-the radius grid, clean accuracy, ACR, abstain rate, seconds per image), ``curves.png`` and a
-``README.md`` saying what was run. A pipeline whose TSV is complete is skipped on a re-run.
+The output folder gets one TSV + JSON per pipeline, ``table.md``/``table.csv``/``table.tex`` (certified
+accuracy at the radius grid, clean accuracy, ACR, abstain rate, seconds per image), ``curves.png``,
+``samples.png`` (a few images clean, noisy and denoised per pipeline) and a ``README.md`` saying what was
+run. A pipeline whose TSV is complete is skipped on a re-run. Without ``radii`` the grid follows what the
+pipelines can certify (`certify.tables.default_radii`).
 ``mode: sequential`` decides each positive radius of ``radii`` with the anytime-valid test (``n`` is
 then the most samples an image may use; optional ``step``, ``growth``, ``boundary``, ``mixture``,
 ``futility``: a level, default 0.3, or ``off``; ``selection``); ``mode: anytime`` too (``step``, ``growth``).
@@ -35,10 +37,12 @@ from pathlib import Path
 from typing import Any
 
 
-from .analysis import ATTACK_LEGEND, analyze, markdown_table
+from .analysis import ATTACK_LEGEND, analyze, load_result, markdown_table, refuse_report_links
 from .config import read_config
 from .pipeline import certify_dataset, distributed_context
 from .redact import redact
+from .results import write_atomic
+from .samples import SAMPLE_IMAGES, SAMPLE_SEED, image_captions, sources, spread, write_samples
 from .settings import ATTACK_OPTIONS, RUN_DEFAULTS, RunOptions, RunSettings
 
 # The config's keys follow the run settings (certify.settings): what differs per pipeline, the rest shared.
@@ -179,6 +183,8 @@ def compare(config_path: str | os.PathLike, out_dir: str | os.PathLike, n: int |
     runs += [(f"{p.name}.attack", settings_for(config, p, n=n, limit=limit, attack=True), p) for p in attacked]
     out_dir = Path(out_dir)
     rank = distributed_context(device)[0]
+    if rank == 0:
+        refuse_report_links(out_dir)  # before hours of certification, not after
     files, started = [], time.time()
     for name, settings, pipe in runs:
         if not quiet and rank == 0:
@@ -189,6 +195,11 @@ def compare(config_path: str | os.PathLike, out_dir: str | os.PathLike, n: int |
         return {}
     radii = config.get("radii")
     summary = analyze(files, out_dir, radii=radii, names=[name for name, _, _ in runs])
+    first = load_result(files[0])
+    shown = spread(first.idx)
+    summary["samples"] = write_samples(
+        out_dir / "samples.png", [(p.name, s, shown, image_captions(shown, sources(first, shown)))
+                                  for p, s in zip(config["pipelines"], all_settings)], device=device or config.get("device"))
     _write_readme(out_dir, config, all_settings, summary, time.time() - started, config_path)
     return summary
 
@@ -216,9 +227,14 @@ def _write_readme(out_dir: Path, config: dict, all_settings: list[RunSettings], 
     lines += ["", "## Certified accuracy (%) at L2 radius", "",
               markdown_table(summary["header"], summary["rows"]),
               "r=0 is the smoothed classifier's clean accuracy; ACR = mean(radius x correct); "
-              "the envelope takes the best pipeline per radius.", "",
-              "Files: one `NAME.tsv` + `NAME.json` per pipeline, `table.md`, `table.csv`, "
-              "`high_probability.md`, `curves.png`.", "", "![curves](curves.png)", ""]
+              "the envelope takes the best pipeline per radius." + (f" {summary['note']}" if summary.get("note") else ""), "",
+              "Files: one `NAME.tsv` + `NAME.json` per pipeline, `table.md`, `table.csv`, `table.tex` (LaTeX), "
+              "`high_probability.md`, `curves.png`" + (", `samples.png`" if summary.get("samples") else "") + ".", "",
+              "![curves](curves.png)", ""]
+    if summary.get("samples"):
+        lines += [f"What the denoisers do: up to {SAMPLE_IMAGES} of the images (spread over the run), clean, with "
+                  f"noise at the pipeline's sigma (seed {SAMPLE_SEED}, clipped to [0, 1] for display) and denoised.", "",
+                  "![samples](samples.png)", ""]
     if summary.get("attacks"):
         a = config["attack"]
         lines += ["## Under attack (SmoothAdv): empirical robust accuracy (%) beside the certified", "",
@@ -228,4 +244,4 @@ def _write_readme(out_dir: Path, config: dict, all_settings: list[RunSettings], 
                   markdown_table(summary["attacks"]["header"], summary["attacks"]["rows"]),
                   *([f"- VIOLATION {v}" for v in summary["attacks"]["violations"]] or
                     ["No image certified at radius r was broken by an attack with eps < r."]), ""]
-    (out_dir / "README.md").write_text("\n".join(lines))
+    write_atomic(out_dir / "README.md", "\n".join(lines))

@@ -60,13 +60,14 @@ def refuse_links(*paths: Path, option: str = "--out") -> None:
                              f"another file). Remove it or choose another {option}")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` by ``text`` at once: an unpredictable temporary file in the same folder, renamed."""
+def write_atomic(path: Path, text: str | bytes) -> None:
+    """Replace ``path`` by ``text`` (or bytes: an image) at once: an unpredictable temporary file in the
+    same folder, renamed; a symbolic link at ``path`` is refused, never written through."""
     path = Path(path)
     refuse_links(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())

@@ -16,5 +16,6 @@ print("denoised-smoothing demo: certifying 9 pipelines (classifier alone / DnCNN
       "attacking two of them (SmoothAdv) to put the empirical robust accuracy beside the certified ...", flush=True)
 code = main(["compare", "--config", os.path.join(here, "configs", "demo_mnist.yaml"), "--out", "demo_out",
              *sys.argv[1:]])
-print(f"\ndemo finished in {time.time() - start:.0f} s; report: demo_out/README.md, curves: demo_out/curves.png")
+print(f"\ndemo finished in {time.time() - start:.0f} s; report: demo_out/README.md, curves: demo_out/curves.png, "
+      f"samples: demo_out/samples.png")
 sys.exit(code)

@@ -110,3 +110,85 @@ def test_shipped_compare_configs_parse_and_name_registered_plugins(path):
     for p in config["pipelines"]:
         assert p.denoiser.split(":")[0] in denoisers, p.denoiser
         assert p.classifier.split(":")[0] in classifiers, p.classifier
+
+
+# -- issue 25, 14: curves at exact values, the legend beside them; samples of what each denoiser does ---------
+def _run(name, radius, correct, sigma=0.25):
+    from certify.analysis import RunResult
+
+    n = len(radius)
+    return RunResult(name, np.array(radius, float), np.array(correct), np.zeros(n, int), np.zeros(n), np.zeros(n),
+                     {"settings": {"sigma": sigma}})
+
+
+def test_curves_are_drawn_at_exact_values_with_the_legend_outside():
+    from certify.plots import curves_figure
+
+    ninety = _run("ninety", [0.2] * 9 + [0.0], [1] * 9 + [0])  # 90% up to r = 0.2, then 0%
+    twin = _run("twin", [0.2] * 9 + [0.0], [1] * 9 + [0])      # the very same curve
+    other = _run("other", [0.5, 0.1], [1, 1], sigma=0.5)
+    fig = curves_figure([ninety, twin, other], max_radius=1.0)
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    for line, run in zip(lines, (ninety, twin, other)):
+        x, y = line.get_xdata(), line.get_ydata()
+        assert list(y) == [100 * run.certified_accuracy(r) for r in x]  # exact, no nudge
+        assert line.get_drawstyle() == "steps-pre" and set(run.radius[run.correct == 1]) <= set(x)  # steps there
+    assert max(lines[0].get_ydata()) == 90.0 and min(lines[0].get_ydata()) == 0.0
+    assert list(lines[0].get_ydata()) == list(lines[1].get_ydata())
+    assert lines[0].get_marker() != lines[1].get_marker() and lines[0].get_markevery() != lines[1].get_markevery()
+    assert lines[0].get_linewidth() > lines[1].get_linewidth()  # the one below shows around the one on top
+    assert ax.get_ylim()[0] == 0 and 100 <= ax.get_ylim()[1] <= 105
+    fig.canvas.draw()
+    legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= box.x1  # beside the axes, covering no curve
+
+
+def test_samples_show_the_noisy_and_denoised_images_exactly(tmp_path, caplog):
+    from certify.data import create_dataset
+    from certify.samples import draw_samples, sample_row, write_samples
+    from certify.settings import RunSettings
+    from denoisers import create_denoiser
+
+    def settings(denoiser):
+        return RunSettings(classifier="small-cnn", dataset="digits:test", sigma=0.25, denoiser=denoiser)
+
+    alone, mse = draw_samples([sample_row("alone", settings("none"), [0, 7]),
+                               sample_row("mse", settings("dncnn.mnist5k_s025_mse"), [0, 7])]).subfigs
+    assert "alone: sigma = 0.25" in alone.get_suptitle() and "mse: sigma = 0.25, PSNR denoised" in mse.get_suptitle()
+    clean = create_dataset("digits:test")[7][0]
+    noisy = clean + 0.25 * torch.randn((2, *clean.shape), generator=torch.Generator().manual_seed(0))[1]
+    with torch.no_grad():
+        denoised = create_denoiser("dncnn.mnist5k_s025_mse").eval()(noisy[None], 0.25)[0]
+    panels = [ax.images[0].get_array() for ax in mse.axes if ax.images]
+    assert len(panels) == 6 and len([ax for ax in alone.axes if ax.images]) == 4  # no denoiser: clean and noisy only
+    assert np.allclose(panels[3], clean[0]) and np.allclose(panels[4], noisy[0].clamp(0, 1))
+    assert np.allclose(panels[5], denoised[0].clamp(0, 1), atol=1e-5)
+    broken = [("alone", settings("none"), [0], None), ("missing", settings("dncnn:/nonexistent/model"), [0], None)]
+    with caplog.at_level("WARNING"):
+        assert write_samples(tmp_path / "samples.png", broken) == tmp_path / "samples.png"
+    assert "missing left out" in caplog.text  # a model that cannot load costs its row, never the report
+    assert write_samples(tmp_path / "none.png", broken[1:]) is None and not (tmp_path / "none.png").exists()
+
+
+def test_compare_and_analyze_draw_samples(config, tmp_path):
+    out = tmp_path / "report"
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quiet"]) == 0
+    assert (out / "samples.png").stat().st_size > 1000 and "![samples](samples.png)" in (out / "README.md").read_text()
+    assert (out / "table.tex").read_text().count(r" \\") == 3  # the header and one row per pipeline
+    rep = tmp_path / "rep"
+    assert main(["analyze", str(out / "alone.tsv"), str(out / "alone-wide.tsv"), "--out", str(rep), "--samples"]) == 0
+    assert (rep / "samples.png").stat().st_size > 1000
+    assert main(["analyze", str(out / "alone.tsv"), "--out", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "samples.png").exists()  # analyze builds no model unless asked
+
+
+def test_compare_refuses_a_planted_link_before_certifying(config, tmp_path, capsys):
+    out = tmp_path / "report"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (out / "README.md").symlink_to(victim)
+    assert main(["compare", "--config", str(config), "--out", str(out), "--quiet"]) == 2
+    assert "README.md is a symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "precious\n" and [p.name for p in out.iterdir()] == ["README.md"]

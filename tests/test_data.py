@@ -61,6 +61,11 @@ def test_each_result_line_records_its_source_after_cohens_columns(tmp_path):
     sources = [line.split("\t")[-1] for line in lines]
     assert sources == ["5/a.png", "7/c.png", "7/tab\\there\\nand a newline \\\\ é.png"]
     assert load_result(out).m == 3
+    from certify.analysis import analyze
+
+    analyze([out], tmp_path / "rep")  # the per-image report names each image's file
+    per_image = (tmp_path / "rep" / "per_image.csv").read_text()
+    assert per_image.splitlines()[0] == "idx,label,source,r predict,r radius" and "5/a.png" in per_image
 
 
 def test_a_file_from_before_the_source_column_still_resumes(tmp_path):

@@ -131,10 +131,10 @@ def test_the_plot_keeps_every_pipeline_visible():
     fig, ax = plt.subplots()
     draw_curves(ax, [run("a", 0.25), run("b", 0.25), run("c", 0.5)], np.linspace(0, 1, 50))
     a, b, c = ax.get_lines()
-    assert not np.array_equal(a.get_ydata(), b.get_ydata())  # identical results, both visible
+    assert np.array_equal(a.get_ydata(), b.get_ydata())  # identical results drawn where they are (issue 25) ...
+    assert a.get_marker() != b.get_marker() and a.get_markevery() != b.get_markevery()  # ... both visible
     assert a.get_linestyle() == b.get_linestyle() != c.get_linestyle()  # a style per sigma
-    assert a.get_marker() != b.get_marker()
-    assert max(max(line.get_ydata()) for line in (a, b, c)) < 102
+    assert max(max(line.get_ydata()) for line in (a, b, c)) == 100
     plt.close(fig)
 
 
@@ -236,7 +236,7 @@ def test_a_truncated_png_names_its_file(tmp_path):
     data = (root / "3" / "1.png").read_bytes()
     (root / "3" / "1.png").write_bytes(data[: len(data) // 2])  # a valid header, cut short: fails on load()
     ds = create_dataset(f"imagefolder:{root}")
-    with pytest.raises(ValueError, match=r"3/1\.png: image file is truncated.*remove or replace that file"):
+    with pytest.raises(ValueError, match=r"3/1\.png\) cannot be decoded \(image file is truncated\).*remove or replace that file"):
         [ds[i] for i in range(len(ds))]
 
 

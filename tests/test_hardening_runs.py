@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -228,3 +229,93 @@ def test_manifest_records_plugin_distribution_versions(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[denoised_smoothing.denoisers]\nfake = fakeplug_mod:make\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert package_versions()["fakeplug"] == "1.2.3"
+
+
+# -- issue 25, 14 and 5: the report's grid, envelope, names, LaTeX; no report file written through a link ------
+COHEN_HEADER = "idx\tlabel\tpredict\tradius\tcorrect\ttime\n"
+
+
+def cohen_file(path: Path, radii: list[float], first_idx: int = 0, manifest: dict | None = None) -> Path:
+    """A result file in Cohen's six columns, every image correct at the given radius; a manifest if given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(COHEN_HEADER + "".join(f"{first_idx + i}\t1\t1\t{r}\t1\t0.1\n" for i, r in enumerate(radii)))
+    if manifest is not None:
+        path.with_suffix(".json").write_text(json.dumps(manifest))
+    return path
+
+
+def radii_of(header: list[str]) -> list[float]:
+    return [float(h[2:]) for h in header if h.startswith("r=")]
+
+
+def test_the_default_grid_follows_what_the_runs_can_certify(tmp_path):
+    """sigma 0.25 with n = 100 certifies at most 0.375: the grid stops there (it went to 1.5), in round steps."""
+    g, data, s = toy(3)
+    s.n, s.alpha = 100, 0.001
+    out = run_certification(g, data, s, tmp_path / "r.tsv", quiet=True)
+    assert radii_of(analyze([out], tmp_path / "rep")["header"]) == [0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35]
+    # Cohen's files have no manifest: up to the largest radius in the file
+    cohen = cohen_file(tmp_path / "cohen.tsv", [0.52, 0.1])
+    assert radii_of(analyze([cohen], tmp_path / "rep2")["header"]) == [0, 0.1, 0.2, 0.3, 0.4, 0.5]
+    # sequential runs: the radii they decided
+    seq = cohen_file(tmp_path / "seq.tsv", [0.2, 0.0], manifest={"settings": {
+        "mode": "sequential", "sigma": 0.5, "n": 10_000, "alpha": 0.001, "options": {"radii": [0.2, 0.1]}}})
+    assert radii_of(analyze([seq], tmp_path / "rep3")["header"]) == [0, 0.1, 0.2]
+
+
+def test_the_envelope_combines_only_runs_on_the_same_images(tmp_path, capsys):
+    a = cohen_file(tmp_path / "a.tsv", [0.1, 0.0])
+    b = cohen_file(tmp_path / "b.tsv", [0.3, 0.1])
+    other = cohen_file(tmp_path / "other.tsv", [0.9, 0.9], first_idx=50)  # other images: not comparable
+    assert main(["analyze", str(a), str(b), str(other), "--out", str(tmp_path / "rep"), "--radii", "0,0.2,0.5"]) == 0
+    rows = {row[0]: row for row in csv.reader(open(tmp_path / "rep" / "table.csv"))}
+    assert [name for name in rows if "envelope" in name] == ["envelope of image set 1 (best per radius)"]
+    assert rows["envelope of image set 1 (best per radius)"][3:6] == ["100.0", "50.0", "0.0"]  # a and b, not other
+    table = (tmp_path / "rep" / "table.md").read_text()
+    assert "only over runs on the same images" in table and "image set 2 = no manifest, 2 images (other)" in table
+    assert "image set 2" in capsys.readouterr().out
+
+
+def test_files_with_the_same_stem_get_distinct_rows(tmp_path, capsys):
+    a = cohen_file(tmp_path / "a" / "run.tsv", [0.1])
+    b = cohen_file(tmp_path / "x" / "b" / "run.tsv", [0.0])
+    summary = analyze([a, b, cohen_file(tmp_path / "solo.tsv", [0.2])], tmp_path / "rep", radii=[0])
+    assert [row[0] for row in summary["rows"][:3]] == ["a/run", "b/run", "solo"]
+    assert main(["analyze", str(a), str(a), "--out", str(tmp_path / "rep")]) == 2
+    assert "is given twice" in capsys.readouterr().err
+    assert main(["analyze", str(a), str(b), "--names", "same,same", "--out", str(tmp_path / "rep")]) == 2
+    assert "--names must differ" in capsys.readouterr().err
+
+
+def test_a_latex_table_in_cohens_layout(tmp_path):
+    a = cohen_file(tmp_path / "mse_0.25.tsv", [0.3, 0.1])
+    b = cohen_file(tmp_path / "alone.tsv", [0.1, 0.0])
+    analyze([a, b], tmp_path / "rep", radii=[0, 0.25])
+    lines = (tmp_path / "rep" / "table.tex").read_text().splitlines()
+    assert lines[1:4] == [r"\begin{tabular}{lcc}", r" & $r = 0$ & $r = 0.25$ \\", r"\hline"]
+    assert lines[4:] == [r"mse\_0.25 & \textbf{100} & \textbf{50} \\", r"alone & \textbf{100} & 0 \\", r"\end{tabular}"]
+
+
+WRITTEN = ["table.md", "table.csv", "table.tex", "high_probability.md", "curves.png", "predictions.md",
+           "empirical.md", "samples.png", "README.md"]
+
+
+@pytest.mark.parametrize("planted", WRITTEN)
+def test_no_report_file_is_written_through_a_symlink(tmp_path, planted, capsys):
+    cert = cohen_file(tmp_path / "c.tsv", [0.3, 0.0])
+    pred = tmp_path / "p.tsv"
+    pred.write_text("idx\tlabel\tpredict\tcorrect\ttime\tnA\tnB\tn\n0\t1\t1\t1\t0.1\t90\t5\t100\n")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / "rep").mkdir()
+    (tmp_path / "rep" / planted).symlink_to(victim)
+    assert main(["analyze", str(cert), str(pred), "--out", str(tmp_path / "rep")]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert victim.read_text() == "precious\n" and sorted(p.name for p in (tmp_path / "rep").iterdir()) == [planted]
+
+
+def test_a_symlinked_output_folder_is_the_users_choice(tmp_path):
+    (tmp_path / "disk").mkdir()
+    (tmp_path / "rep").symlink_to(tmp_path / "disk")
+    analyze([cohen_file(tmp_path / "c.tsv", [0.3])], tmp_path / "rep", radii=[0])
+    assert (tmp_path / "disk" / "table.md").is_file() and not any(p.name.endswith(".tmp") for p in (tmp_path / "disk").iterdir())
