@@ -167,3 +167,21 @@ def test_certifies_behind_a_denoiser_and_gives_gradients(tiny):
     noisy = (x[None] + 0.25 * torch.randn(6, *x.shape)).clamp(0, 1)
     loss, grad = soft_loss(g, noisy, label=0, chunk=4)
     assert torch.isfinite(loss) and grad.shape == noisy.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_dsmooth_certify_runs_clip_and_refuses_a_bad_class_source_in_one_line(tiny, tmp_path, capsys):
+    from certify.cli import main
+
+    pytest.importorskip("foolbox")
+    directory, _, _ = tiny
+    base = ["certify", "--classifier", f"clip:{directory}", "--dataset", "foolbox:cifar10", "--sigma", "0.25",
+            "--n0", "8", "--n", "32", "--batch", "32", "--max", "2", "--quiet"]
+    out = tmp_path / "c.tsv"
+    assert main([*base, "--classifier-arg", "classes=cifar10", "--out", str(out)]) == 0
+    rows = [line.split("\t") for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(-1 <= int(r[rows[0].index("predict")]) < 10 for r in rows[1:])
+    capsys.readouterr()
+    assert main([*base, "--classifier-arg", "classes=nosuchpreset", "--out", str(tmp_path / "x.tsv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dsmooth certify: error: classes 'nosuchpreset' is neither a preset") and "\n" not in err
+    assert not (tmp_path / "x.tsv").exists()
