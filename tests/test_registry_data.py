@@ -126,8 +126,8 @@ def test_the_real_packages_find_their_plugins():
     assert plugin_modules("denoisers", "denoiser") == [
         "denoisers.adm", "denoisers.ddpm", "denoisers.dncnn", "denoisers.ffdnet", "denoisers.identity", "denoisers.memnet"]
     assert plugin_modules("classifiers", "classifier") == [
-        "classifiers.efficientnet_lite", "classifiers.hf_models", "classifiers.remote", "classifiers.small_cnn",
-        "classifiers.timm_models", "classifiers.torchvision_models"]
+        "classifiers.clip", "classifiers.efficientnet_lite", "classifiers.hf_models", "classifiers.remote",
+        "classifiers.small_cnn", "classifiers.timm_models", "classifiers.torchvision_models"]
     from denoisers import DENOISERS
 
     with pytest.raises(ValueError, match=r"denoiser 'dncnn' is already registered by the built-in denoiser "
