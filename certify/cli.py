@@ -30,9 +30,10 @@ class Parser(argparse.ArgumentParser):
         bad = re.fullmatch(r"argument (\S+): invalid (\w+) value: (.+)", message)
         choice = re.fullmatch(r"argument (\S+): invalid choice: '(.*)' \(choose from (.+)\)", message)
         if bad:
-            message = f"{bad[1]}: expected {dict(float='a number', int='a whole number').get(bad[2], bad[2])}, got {bad[3]}"
+            expected = {"float": "a number", "int": "a whole number"}.get(bad[2], bad[2])
+            message = f"{bad[1]}: expected {expected}, got {bad[3]}"
         elif choice:
-            near = close_matches(choice[2], re.findall(r"'([^']*)'", choice[3]))
+            near = close_matches(choice[2], [c.strip("'") for c in choice[3].split(", ")])
             message = f"{choice[1]}: expected one of {choice[3]}, got {choice[2]!r}{near}"
         self.exit(2, f"{self.prog}: error: {message.removeprefix('argument ')} (see {self.prog} --help)\n")
 

@@ -270,10 +270,10 @@ class Registry:
             accepted = factory_options(entry.factory)
             if accepted is not None:
                 refuse_unknown_options(kwargs, accepted, f"{self.kind} {family!r}")
-        except ValueError as exc:
+            check = entry.check or getattr(entry.factory, "check", None)
+            return list(check(identifier=ident, **kwargs)) if check is not None else []
+        except ValueError as exc:  # a check may refuse a value the way its factory would
             return [str(exc)]
-        check = entry.check or getattr(entry.factory, "check", None)
-        return list(check(identifier=ident, **kwargs)) if check is not None else []
 
     def create_entry(self, entry: str | Mapping[str, Any]) -> Any:
         """Build what a config entry names: a spec string, or ``{spec: ..., kwargs: {...}}``."""
