@@ -29,6 +29,10 @@ def resolve_dir(dir_or_id: str | os.PathLike) -> Path:
         return path
     if path.exists():
         raise ValueError(f"checkpoint {str(dir_or_id)!r} is a file; expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+    from .libraries import is_hub_id, reachable
+
+    if is_hub_id(str(dir_or_id)):
+        reachable()  # one probe: offline, the hub's cache is read at once instead of retrying for a minute
     try:
         from huggingface_hub import snapshot_download
 
@@ -37,6 +41,27 @@ def resolve_dir(dir_or_id: str | os.PathLike) -> Path:
         raise ValueError(
             f"checkpoint {str(dir_or_id)!r} is neither a local folder nor a reachable hub repo id ({type(exc).__name__}: {exc})"
         ) from exc
+
+
+def checkpoint_problems(dir_or_id: str | os.PathLike) -> list[str]:
+    """What loading a checkpoint folder or hub id would lack, without loading it (see :func:`resolve_dir`).
+
+    >>> checkpoint_problems("/no/such/folder")
+    ['no such folder (a checkpoint is a folder with config.json and model.safetensors, or a hub id OWNER/NAME)']
+    """
+    from .libraries import hub_problems, is_hub_id
+
+    path = Path(dir_or_id).expanduser()
+    expected = f"a checkpoint is a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, or a hub id OWNER/NAME"
+    if path.is_dir():
+        weights = (path / WEIGHTS_NAME).is_file() or any(path.glob("*.pt")) or any(path.glob("*.pth"))
+        return [] if (path / CONFIG_NAME).is_file() and weights else [f"the folder lacks {CONFIG_NAME} or {WEIGHTS_NAME}"]
+    if path.exists():
+        return [f"a file, not a folder ({expected})"]
+    if not is_hub_id(str(dir_or_id)):
+        return [f"no such folder ({expected})"]
+    return hub_problems(str(dir_or_id), (CONFIG_NAME,), "the checkpoint",
+                        "give a local folder, or set HF_HOME to a cache that has it")
 
 
 def save_checkpoint(module: torch.nn.Module, config: dict[str, Any], directory: str | os.PathLike,
@@ -253,8 +278,12 @@ class ConfigCheckpoint:
                                  f"its config fixes the network")
             return cls.from_pretrained(identifier)
 
+        def check(identifier: str | None = None, **kwargs: Any) -> list[str]:
+            return [] if identifier is None else checkpoint_problems(identifier)
+
         create.__doc__ = f"{what}: fresh with options, or loaded from a checkpoint folder / hub id."
         create.__module__ = cls.__module__  # the registry tells built-ins by the module they come from
+        create.check = check  # the registry's preflight check (a checkpoint's files)
         return create
 
     @classmethod

@@ -1,4 +1,4 @@
-"""``dsmooth``: list plugins, certify, predict or attack over a dataset, analyze, train, compare.
+"""dsmooth: list plugins, check a run, certify, predict or attack over a dataset, analyze, train, compare.
 
 The CLI only parses arguments and calls library functions (the recipes call the same ones).
 """
@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from .errors import ResumableStop
 from .launch import add_training_args, training_overrides
+from .registry import close_matches
 from .settings import (AUTOCAST, BOUNDARIES, MIXTURES, RUN_DEFAULTS, SELECTIONS, SEQUENTIAL_BOUNDARY,
                        SEQUENTIAL_FUTILITY, SEQUENTIAL_GROWTH, SEQUENTIAL_STEP, RunSettings)
 from .stats import BOUNDS
@@ -21,9 +23,24 @@ from .stats import BOUNDS
 log = logging.getLogger("dsmooth")
 
 
-def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake answered in one line (the flag, the value, what was expected), no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        bad = re.fullmatch(r"argument (\S+): invalid (\w+) value: (.+)", message)
+        choice = re.fullmatch(r"argument (\S+): invalid choice: '(.*)' \(choose from (.+)\)", message)
+        if bad:
+            expected = {"float": "a number", "int": "a whole number"}.get(bad[2], bad[2])
+            message = f"{bad[1]}: expected {expected}, got {bad[3]}"
+        elif choice:
+            near = close_matches(choice[2], [c.strip("'") for c in choice[3].split(", ")])
+            message = f"{choice[1]}: expected one of {choice[3]}, got {choice[2]!r}{near}"
+        self.exit(2, f"{self.prog}: error: {message.removeprefix('argument ')} (see {self.prog} --help)\n")
+
+
+def _add_run_args(p: argparse.ArgumentParser, mode: str, required: bool = True) -> None:
     D = RUN_DEFAULTS  # noqa: N806 - the one place defaults come from
-    p.add_argument("--classifier", required=True, help="classifier spec, e.g. small-cnn.mnist5k or timm:resnet50")
+    p.add_argument("--classifier", required=required, help="classifier spec, e.g. small-cnn.mnist5k or timm:resnet50")
     p.add_argument("--denoiser", default=D["denoiser"], help=f"denoiser spec (default: {D['denoiser']})")
     p.add_argument("--classifier-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword for the classifier factory, e.g. pretrained=false or endpoint=URL (repeatable)")
@@ -31,8 +48,8 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
                    help="keyword for the dataset, e.g. size=224 (repeatable)")
     p.add_argument("--denoiser-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword for the denoiser factory, e.g. num_steps=10 (repeatable)")
-    p.add_argument("--dataset", required=True, help="dataset spec, e.g. mnist5k:test, foolbox:imagenet, hf:DIR")
-    p.add_argument("--sigma", type=float, required=True, help="noise level in [0,1] pixel units")
+    p.add_argument("--dataset", required=required, help="dataset spec, e.g. mnist5k:test, foolbox:imagenet, hf:DIR")
+    p.add_argument("--sigma", type=float, required=required, help="noise level in [0,1] pixel units")
     if mode == "certify":
         p.add_argument("--n0", type=int, default=D["n0"],
                        help=f"selection samples (default {D['n0']}; none in sequential mode with --selection all)")
@@ -81,13 +98,13 @@ def _add_run_args(p: argparse.ArgumentParser, mode: str) -> None:
     p.add_argument("--skip", type=int, default=D["skip"], help=f"certify every SKIP-th image (default {D['skip']})")
     p.add_argument("--max", type=int, default=None, help="stop before this dataset index (as in Cohen's code)")
     p.add_argument("--seed", type=int, default=D["seed"], help="run seed; each image's streams derive from (seed, index)")
-    p.add_argument("--out", required=True, help="result TSV (resumed if it exists with the same settings)")
+    p.add_argument("--out", required=required, help="result TSV (resumed if it exists with the same settings)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--autocast", choices=AUTOCAST, default=None,
                    help="run the networks in lower precision (noise stays fp32); GPU only")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the networks and batches")
     p.add_argument("--compile", action="store_true", help="run classifier o denoiser through torch.compile")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, and only errors from the libraries")
     api = p.add_argument_group("remote classifiers (remote:google|azure|aws|clarifai|http)")
     api.add_argument("--label-from-api", action="store_true",
                      help="ground truth = the API's top label on the clean image (as Salman et al.)")
@@ -115,7 +132,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dsmooth", description=__doc__.splitlines()[0])
+    parser = Parser(prog="dsmooth", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
                        ("attack", "attack the smoothed classifier (SmoothAdv PGD through f o D), then PREDICT at "
                                   "each adversarial point: empirical robust accuracy per radius")):
         _add_run_args(sub.add_parser(mode, help=text, description=text), mode)
+    text = ("list every missing weight, dataset and package of a run (the flags of certify) or of a compare "
+            "config, each with what fixes it; exit 1 if anything is missing")
+    p = sub.add_parser("check", help="what a run or compare config lacks, before running it", description=text)
+    p.add_argument("--config", default=None, help="a compare YAML (see recipes/configs/) instead of run flags")
+    _add_run_args(p, "certify", required=False)
 
     p = sub.add_parser("analyze", help="certified-accuracy tables and curves from result TSVs")
     p.add_argument("files", nargs="+", help="result TSVs")
@@ -142,17 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "denoised per run, each denoiser rebuilt from the run's manifest")
     p.add_argument("--device", default=None, help="where --samples runs the denoisers (default: cuda if available)")
 
-    p = sub.add_parser("compare", help="certify several denoiser/classifier pipelines on the same images")
+    text = "certify several denoiser/classifier pipelines on the same images"
+    p = sub.add_parser("compare", help=text, description=text + " (a YAML config; see recipes/configs/)")
     p.add_argument("--config", required=True, help="compare YAML (see recipes/configs/)")
     p.add_argument("--out", default=None, help="output folder (default: reports/<config name>)")
     p.add_argument("--n", type=int, default=None, help="override the config's n (quick runs)")
     p.add_argument("--limit", type=int, default=None, help="override the config's image count")
-    p.add_argument("--device", default=None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default=None, help="torch device (default: the config's, else cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, and only errors from the libraries")
 
     p = sub.add_parser("train-denoiser", help="train a denoiser from a YAML config (Accelerate)",
                        description="Train a denoiser from a YAML config (see recipes/configs/dncnn_*.yaml); "
-                                   "the same call as `accelerate launch recipes/train_denoiser.py`.")
+                                   "the same call as: accelerate launch recipes/train_denoiser.py")
     add_training_args(p)
     return parser
 
@@ -195,10 +218,10 @@ def cmd_list(args: argparse.Namespace) -> None:
 
         rows = DENOISERS.summaries(args.pattern)
     elif args.kind == "classifiers":
-        from classifiers import CLASSIFIERS, list_architectures
+        from classifiers import CLASSIFIERS, list_classifiers
 
         rows = CLASSIFIERS.summaries(args.pattern)
-        architectures = list_architectures(args.pattern)
+        architectures = [spec for spec in list_classifiers(args.pattern) if spec not in CLASSIFIERS]
         if args.pattern != "*":  # the model zoos' names too (random init offline; pretrained where weights load)
             rows += [(spec, f"{spec.split(':')[0]} architecture") for spec in architectures]
         else:
@@ -215,23 +238,15 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"{name:<{width}}  {summary}")
 
 
-def cmd_run(args: argparse.Namespace) -> None:
-    from .pipeline import certify_dataset
-
+def run_settings(args: argparse.Namespace) -> tuple[RunSettings, dict]:
+    """The run settings and the remote classifier's runtime options that the run flags give."""
     mode = args.command if args.command in ("predict", "attack") else {"cohen": "certify"}.get(args.mode, args.mode)
-    sequential = {k: v for k, v in (("radii", _parse_floats(getattr(args, "radii", None), "--radii")),
-                                    ("step", getattr(args, "step", None)),
-                                    ("growth", getattr(args, "growth", None)),
-                                    ("boundary", getattr(args, "boundary", None)),
-                                    ("mixture", getattr(args, "mixture", None)),
-                                    ("futility", getattr(args, "futility", None)),
-                                    ("selection", getattr(args, "selection", None)),
-                                    ("bound", getattr(args, "bound", None)),
+    flags = {"step": "step", "growth": "growth", "boundary": "boundary", "mixture": "mixture", "futility": "futility",
+             "selection": "selection", "bound": "bound", "attack_steps": "steps", "attack_step_size": "step_size",
+             "attack_m": "m", "attack_restarts": "restarts"}  # option: flag (those of the mode; None when not given)
+    sequential = {k: v for k, v in [("radii", _parse_floats(getattr(args, "radii", None), "--radii")),
                                     ("eps", _parse_floats(getattr(args, "eps", None), "--eps")),
-                                    ("attack_steps", getattr(args, "steps", None)),
-                                    ("attack_step_size", getattr(args, "step_size", None)),
-                                    ("attack_m", getattr(args, "m", None)),
-                                    ("attack_restarts", getattr(args, "restarts", None))) if v is not None}
+                                    *((k, getattr(args, flag, None)) for k, flag in flags.items())] if v is not None}
     settings = RunSettings(
         classifier=args.classifier, denoiser=args.denoiser, dataset=args.dataset, sigma=args.sigma,
         mode=mode, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha, batch=args.batch,
@@ -247,6 +262,13 @@ def cmd_run(args: argparse.Namespace) -> None:
                                  ("concurrency", args.api_concurrency)) if v is not None}
     if runtime and not args.classifier.startswith("remote:"):
         raise ValueError(f"--api-cache, --query-budget and --api-concurrency need a remote classifier, got {args.classifier!r}")
+    return settings, runtime
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .pipeline import certify_dataset
+
+    settings, runtime = run_settings(args)
     out = certify_dataset(settings, args.out, device=args.device, quiet=args.quiet, runtime_kwargs=runtime)
     if os.environ.get("RANK", "0") == "0":
         print(f"wrote {out}")
@@ -295,6 +317,17 @@ def cmd_compare(args: argparse.Namespace) -> None:
               + (", samples.png" if summary.get("samples") else "") + (", empirical.md" if summary.get("attacks") else ""))
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from .preflight import config_runs, report
+
+    flags = [f"--{k}" for k in ("classifier", "dataset", "sigma") if getattr(args, k) is not None]
+    if args.config is not None and flags:
+        raise ValueError(f"give --config or the run flags, not both (got --config and {', '.join(flags)})")
+    if args.config is None and len(flags) < 3:
+        raise ValueError("check needs --config FILE, or the flags of a run: --classifier, --dataset and --sigma")
+    return report(config_runs(args.config) if args.config else [(None, run_settings(args)[0].validate())])
+
+
 def cmd_train_denoiser(args: argparse.Namespace) -> None:
     from denoisers.training import train_from_config
 
@@ -302,7 +335,7 @@ def cmd_train_denoiser(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"list": cmd_list, "certify": cmd_run, "predict": cmd_run, "attack": cmd_run, "analyze": cmd_analyze,
-            "compare": cmd_compare, "train-denoiser": cmd_train_denoiser}
+            "compare": cmd_compare, "train-denoiser": cmd_train_denoiser, "check": cmd_check}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -316,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
     except BrokenPipeError:  # `dsmooth list ... | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -326,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResumableStop as exc:  # a remote API's budget or failure: say so, no traceback
         print(f"dsmooth {args.command}: stopped: {exc}", file=sys.stderr)
         return 3
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

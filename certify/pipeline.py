@@ -79,12 +79,19 @@ def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str |
     """Build the pipeline and dataset a run's settings name and certify it into ``out``.
 
     The one entry point behind ``dsmooth certify``/``predict``, ``recipes/certify_dataset.py`` and ``compare``:
-    under ``accelerate launch`` the images are split across the processes and merged at the end.
+    under ``accelerate launch`` the images are split across the processes and merged at the end. What the
+    run lacks is listed first (:func:`certify.preflight.require_ready`); ``quiet`` also silences the
+    libraries' logs and progress bars.
     """
     from .data import create_dataset, map_folder_labels
+    from .libraries import quiet_libraries
+    from .preflight import require_ready
     from .runs import run_certification
 
     settings.validate()
+    if quiet:
+        quiet_libraries()
+    require_ready([(None, settings)])  # every missing file, dataset or package at once, before loading any
     rank, world_size, barrier, dev = distributed_context(device)
     runtime_kwargs = dict(runtime_kwargs or {})
     if settings.classifier.startswith("remote:"):

@@ -7,6 +7,11 @@ file is enough. Bundled pretrained weights (``PACKAGE/pretrained/NAME/bundle.jso
 as their own names in timm's ``architecture.tag`` style, so ``list_*("*mnist*")`` finds them.
 Third-party packages add factories through an entry-point group; a name that is already taken is
 refused (by ``register``) or reported and ignored (an entry point), never silently replaced.
+
+A family that needs files, the network or an optional package also registers a preflight ``check``
+(``register(name, check=fn)``, or a ``check`` attribute on the factory): ``fn(identifier, **options)``
+returns what is missing, one line each with what fixes it, without downloading or building anything;
+:meth:`Registry.check` runs it, so a run can list every problem before it loads a model.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 log = logging.getLogger(__name__)
 
 Factory = Callable[..., Any]
+Check = Callable[..., "list[str]"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,18 @@ class Entry:
     name: str
     factory: Factory
     summary: str
+    check: Check | None = None
+
+
+def close_matches(name: str, candidates: Iterable[str], prefix: str = "") -> str:
+    """``"; did you mean 'X'?"`` for the candidates closest to a mistyped name (``""`` when none is close),
+    to append to the message that refuses it.
+
+    >>> "unknown model 'resnt50'" + close_matches("resnt50", ["resnet50", "resnet18", "vit_base"], prefix="timm:")
+    "unknown model 'resnt50'; did you mean 'timm:resnet50', 'timm:resnet18'?"
+    """
+    close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(repr(prefix + c) for c in close)}?" if close else ""
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
@@ -150,8 +168,9 @@ class Registry:
     def _is_builtin(self, module: str | None) -> bool:
         return bool(self.package and module and (module == self.package or module.startswith(self.package + ".")))
 
-    def register(self, name: str, summary: str = "") -> Callable[[Factory], Factory]:
-        """Decorator: register ``factory(identifier=None, **kwargs)`` under ``name``.
+    def register(self, name: str, summary: str = "", check: Check | None = None) -> Callable[[Factory], Factory]:
+        """Decorator: register ``factory(identifier=None, **kwargs)`` under ``name``, with its preflight
+        ``check(identifier=None, **kwargs) -> list[str]`` (default: the factory's ``check`` attribute, if any).
 
         A name already taken (a built-in included: they are loaded first) is refused, naming its holder.
         """
@@ -165,7 +184,7 @@ class Registry:
                 raise ValueError(f"{self.kind} {name!r} is already registered by {self._holder(name)}; "
                                  f"register yours under another name")
             doc = summary or next(iter((factory.__doc__ or "").strip().splitlines()), "")
-            self._entries[name] = Entry(name, factory, doc)
+            self._entries[name] = Entry(name, factory, doc, check)
             return factory
 
         return decorator
@@ -211,11 +230,8 @@ class Registry:
     def entry(self, name: str) -> Entry:
         self._load_plugins()
         if name not in self._entries:
-            close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(
-                f"unknown {self.kind} {name!r}{hint} (known: {', '.join(sorted(self._entries)) or 'none'})"
-            )
+            raise ValueError(f"unknown {self.kind} {name!r}{close_matches(name, self._entries)} "
+                             f"(known: {', '.join(sorted(self._entries)) or 'none'})")
         return self._entries[name]
 
     def create(self, spec: str, **kwargs: Any) -> Any:
@@ -237,6 +253,27 @@ class Registry:
             if bad is None or bad.group(1) not in kwargs:
                 raise
             raise ValueError(f"unknown option {bad.group(1)!r} for {self.kind} {spec!r} ({exc})") from None
+
+    def check(self, spec: str, **kwargs: Any) -> list[str]:
+        """What building ``spec`` would lack (files, the hub, packages, a name or an option), one line each
+        with what fixes it; nothing is downloaded or built. ``[]`` when nothing is missing.
+
+        >>> reg = Registry("widget", entry_point_group=None)
+        >>> _ = reg.register("square", check=lambda identifier=None, **kw: [] if identifier else ["needs a side"])(
+        ...     lambda identifier=None: identifier)
+        >>> reg.check("square"), reg.check("square:2"), reg.check("squar:2")
+        (['needs a side'], [], ["unknown widget 'squar'; did you mean 'square'? (known: square)"])
+        """
+        try:
+            family, ident = split_spec(spec)
+            entry = self.entry(family)
+            accepted = factory_options(entry.factory)
+            if accepted is not None:
+                refuse_unknown_options(kwargs, accepted, f"{self.kind} {family!r}")
+            check = entry.check or getattr(entry.factory, "check", None)
+            return list(check(identifier=ident, **kwargs)) if check is not None else []
+        except ValueError as exc:  # a check may refuse a value the way its factory would
+            return [str(exc)]
 
     def create_entry(self, entry: str | Mapping[str, Any]) -> Any:
         """Build what a config entry names: a spec string, or ``{spec: ..., kwargs: {...}}``."""
@@ -264,12 +301,15 @@ class Registry:
             name = meta_file.parent.name
             if name not in self._entries:
                 factory = functools.partial(self._create_bundled, meta["family"], str(meta_file.parent))
-                self.register(name, summary=meta.get("summary", ""))(factory)
+                check = functools.partial(self._create_bundled, meta["family"], str(meta_file.parent), self.check)
+                self.register(name, summary=meta.get("summary", ""), check=check)(factory)
 
-    def _create_bundled(self, family: str, path: str, identifier: str | None = None, **kwargs: Any) -> Any:
+    def _create_bundled(self, family: str, path: str, build: Callable[..., Any] | None = None,
+                        identifier: str | None = None, **kwargs: Any) -> Any:
+        """``family:path`` built (or checked, ``build=self.check``) as the loader of a user's checkpoint would."""
         if identifier is not None:
             raise ValueError(f"bundled {self.kind} {Path(path).name!r} takes no identifier, got {identifier!r}")
-        return self.create(f"{family}:{path}", **kwargs)
+        return (build or self.create)(f"{family}:{path}", **kwargs)
 
     def __contains__(self, name: str) -> bool:
         self._load_plugins()

@@ -234,8 +234,7 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, i
         with open_append(target) as fh:
             if new_file:
                 fh.write("\t".join(columns) + "\n")
-            bar = tqdm(mine, disable=quiet, desc=f"{settings.mode} sigma={settings.sigma}", unit="img",
-                       position=rank, leave=rank == 0)
+            bar = tqdm(mine, disable=quiet or rank != 0, desc=f"{settings.mode} sigma={settings.sigma}", unit="img")
             for idx in bar:
                 x, label = dataset[idx]
                 start = time.perf_counter()

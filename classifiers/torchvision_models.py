@@ -11,9 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Sequence
 
+from certify.libraries import url_problems
+from certify.registry import close_matches
+
 from . import register_classifier
 from .base import ImageClassifier
-from .state_files import build_with_weights
+from .state_files import build_with_weights, weights_file_problems
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,38 @@ def _weights_enum(name: str, weights: str | None) -> Any:
                          f"{', '.join(m.name for m in enum)} or DEFAULT") from None
 
 
-@register_classifier("torchvision", summary="torchvision:NAME, torchvision model (weights=ENUM, weights_file=PATH)")
+def unknown_torchvision_model(identifier: str | None) -> str | None:
+    """Why ``torchvision:identifier`` names no torchvision classification model, or None when it names one."""
+    import torchvision
+
+    if not identifier:
+        return "torchvision classifier needs a model name, e.g. 'torchvision:resnet50'"
+    names = torchvision.models.list_models(module=torchvision.models)
+    if identifier in names:
+        return None
+    return f"unknown torchvision classification model {identifier!r}{close_matches(identifier, names, 'torchvision:')}"
+
+
+def check_torchvision(identifier: str | None = None, weights: str | None = "DEFAULT", weights_file: str | None = None,
+                      **_: Any) -> list[str]:
+    """Preflight: the model name, the weights name, and the weights file (local, or in torch's hub cache)."""
+    unknown = unknown_torchvision_model(identifier)
+    if unknown:
+        return [unknown]
+    if weights_file is not None:
+        return weights_file_problems(weights_file, "weights_file")
+    try:
+        meta = _weights_enum(identifier, weights)
+    except ValueError as exc:
+        return [str(exc)]
+    if weights is None or meta is None:
+        return []
+    return url_problems(meta.url, "pass weights=None for random weights or weights_file=PATH, or download it into "
+                                  "that folder")
+
+
+@register_classifier("torchvision", summary="torchvision:NAME, torchvision model (weights=ENUM, weights_file=PATH)",
+                     check=check_torchvision)
 def create_torchvision(identifier: str | None = None, weights: str | None = "DEFAULT",
                        weights_file: str | None = None, num_classes: int | None = None,
                        labels: Sequence[str] | None = None, **model_kwargs: Any) -> ImageClassifier:
@@ -48,11 +82,9 @@ def create_torchvision(identifier: str | None = None, weights: str | None = "DEF
     """
     import torchvision
 
-    if not identifier:
-        raise ValueError("torchvision classifier needs a model name, e.g. 'torchvision:resnet50'")
-    if identifier not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown torchvision classification model {identifier!r} "
-                         "(see torchvision.models.list_models(module=torchvision.models))")
+    unknown = unknown_torchvision_model(identifier)
+    if unknown:
+        raise ValueError(unknown)
     meta_weights = _weights_enum(identifier, weights)  # metadata only: reading it downloads nothing
     download = weights is not None and weights_file is None
     kwargs = dict(model_kwargs)

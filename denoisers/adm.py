@@ -194,3 +194,30 @@ def create_adm(identifier: str | None = None, preset: str | None = None, **kwarg
     if flags["use_fp16"]:
         model.convert_to_fp16()
     return ADMDenoiser(model.eval(), diffusion, flags, name=preset or path.stem, **options)
+
+
+def check_adm(identifier: str | None = None, **_: Any) -> list[str]:
+    """Preflight: the guided-diffusion package and the weights file (local, in torch's hub cache or on the
+    Hugging Face Hub), without downloading or building anything."""
+    from certify.libraries import hub_problems, missing_package, url_problems
+
+    problems = missing_package("guided_diffusion", "pip install 'denoised-smoothing[adm]'")
+    if identifier is None:
+        return problems + [f"denoiser 'adm' needs a checkpoint: adm:PATH.pt or adm:{' / adm:'.join(OFFICIAL_URLS)}"]
+    path, url, parts = Path(identifier).expanduser(), OFFICIAL_URLS.get(identifier, identifier), identifier.split("/")
+    if path.is_dir():
+        problems.append("a folder; adm takes a state-dict file (.pt); a diffusers folder is a ddpm: denoiser")
+    elif path.is_file():
+        pass
+    elif url.startswith(("https://", "http://")):
+        problems += url_problems(url, f"download {url} and write adm:/path/to/{url.rsplit('/', 1)[-1]}")
+    elif len(parts) >= 3 and not identifier.startswith((".", "/", "~")):
+        problems += hub_problems("/".join(parts[:2]), ("/".join(parts[2:]),), "the weights file",
+                                 "download it and write adm:/path/to/FILE.pt, or set HF_HOME to a cache that has it")
+    else:
+        problems.append(f"no such file; expected adm:PATH.pt, adm:{' / adm:'.join(OFFICIAL_URLS)}, "
+                        f"adm:https://.../FILE.pt or adm:OWNER/REPO/FILE.pt")
+    return problems
+
+
+create_adm.check = check_adm  # the registry's preflight check

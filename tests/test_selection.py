@@ -117,7 +117,7 @@ def test_selection_option_is_checked_recorded_and_part_of_a_runs_identity(tmp_pa
             "--dataset", "mnist5k:test", "--sigma", "0.5", "--n", "500", "--skip", "250", "--quiet"]
     with pytest.raises(SystemExit):
         main([*args, "--selection", "first", "--out", str(tmp_path / "a.tsv")])
-    assert "invalid choice: 'first'" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert "--selection: expected one of 'argmax', 'all', got 'first'" in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert main(["certify", *args[5:], "--selection", "all", "--out", str(tmp_path / "b.tsv")]) == 2
     assert "selection is a sequential-mode option" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "c.tsv")]) == 0

@@ -443,7 +443,7 @@ def test_schedule_and_boundary_options_are_checked_and_recorded(tmp_path, capsys
     assert "boundary is a sequential-mode option" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*args, "--boundary", "exakt", "--out", str(tmp_path / "c.tsv")])
-    assert "invalid choice: 'exakt'" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert "--boundary: expected one of 'exact', 'ville', got 'exakt'; did you mean 'exact'?" in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert main([*args, "--boundary", "ville", "--growth", "0", "--step", "50", "--out", str(tmp_path / "d.tsv")]) == 0
     options = json.loads((tmp_path / "d.json").read_text())["settings"]["options"]
     assert (options["boundary"], options["growth"], options["step"]) == ("ville", 0, 50)
