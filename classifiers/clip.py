@@ -28,7 +28,7 @@ from certify.checkpoint import one_line
 
 from . import register_classifier
 from .base import ImageClassifier
-from .hf_models import processor_settings
+from .hf_models import check_hf, processor_settings
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,21 @@ class ZeroShotClassifier(ImageClassifier):
         return super().preprocess(images)
 
 
+def check_clip(identifier: str | None = None, classes: str | Sequence[str] = "imagenet",
+               templates: str | Sequence[str] = "photo", **_: object) -> list[str]:
+    """Preflight: the model (as `classifiers.hf_models.check_hf`), the class names and the templates."""
+    problems = check_hf(identifier)
+    for read, value in ((class_names, classes), (prompt_templates, templates)):
+        try:
+            read(value)
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 @register_classifier("clip", summary="clip:HUB_ID_OR_DIR, zero-shot CLIP with class-name prompts "
-                                     "(classes=imagenet|cifar10|cifar100|FILE|a,b,c; templates=photo|clip7|FILE)")
+                                     "(classes=imagenet|cifar10|cifar100|FILE|a,b,c; templates=photo|clip7|FILE)",
+                     check=check_clip)
 def create_clip(identifier: str | None = None, classes: str | Sequence[str] = "imagenet",
                 templates: str | Sequence[str] = "photo") -> ZeroShotClassifier:
     """``clip:openai/clip-vit-base-patch32`` or ``clip:/path/saved/with/save_pretrained`` (a ``CLIPModel``

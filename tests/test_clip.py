@@ -183,5 +183,13 @@ def test_dsmooth_certify_runs_clip_and_refuses_a_bad_class_source_in_one_line(ti
     capsys.readouterr()
     assert main([*base, "--classifier-arg", "classes=nosuchpreset", "--out", str(tmp_path / "x.tsv")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("dsmooth certify: error: classes 'nosuchpreset' is neither a preset") and "\n" not in err
+    assert err.startswith("dsmooth certify: error: --classifier clip:") and "classes 'nosuchpreset' is neither a preset" in err
+    assert "\n" not in err  # one line, from the preflight check, before the model is loaded
     assert not (tmp_path / "x.tsv").exists()
+
+
+def test_the_preflight_check_names_a_bad_class_source_and_a_missing_model(tmp_path):
+    from classifiers import CLASSIFIERS
+
+    problems = CLASSIFIERS.check(f"clip:{tmp_path / 'nothing'}", classes="nosuchpreset")
+    assert len(problems) == 2 and "no such folder" in problems[0] and "nosuchpreset" in problems[1]

@@ -134,7 +134,7 @@ def test_each_family_that_needs_files_has_a_check():
     from classifiers import CLASSIFIERS
     from denoisers import DENOISERS
 
-    for registry, names in ((CLASSIFIERS, ["timm", "torchvision", "hf", "small-cnn", "efficientnet-lite0"]),
+    for registry, names in ((CLASSIFIERS, ["timm", "torchvision", "hf", "clip", "small-cnn", "efficientnet-lite0"]),
                             (DENOISERS, ["adm", "ddpm", "dncnn", "dncnn-wide", "memnet", "ffdnet"]),
                             (DATASETS, ["imagefolder", "hf", "foolbox", "mnist5k", "digits"])):
         for name in names:
