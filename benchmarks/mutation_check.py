@@ -10,6 +10,8 @@ The first seven are the bugs of issue 29 that no test saw; the others were caugh
 Run on demand (minutes; not part of ``make test``):
 
     OMP_NUM_THREADS=1 python benchmarks/mutation_check.py [--only NAME ...] [--suite]
+
+writes benchmarks/results/mutation_check.json (each mutation, its status, the failing tests and their messages).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ MUTATIONS = (
              "'>=' -> '>' in the exact boundary's DP (crossings at s_k not counted when calibrating)"),
     Mutation("every-class-union-share-dropped", "certify/selection.py",
              "tests = build(alpha * (1 - share))", "tests = build(alpha)",
-             (B,), (f"{B}::test_every_class_keeps_two_coin_classes_within_alpha",),
+             (B,), (f"{B}::test_every_class_keeps_its_claims_within_alpha",),
              "selection 'all' without the union's share of alpha"),
     # caught before issue 29; kept to show they stay caught
     Mutation("clopper-pearson-at-2-alpha", "certify/stats.py",
@@ -114,7 +116,7 @@ MUTATIONS = (
              (G,), (f"{G}::test_predict_returns_the_wrong_class",), "PREDICT's binomial test one-sided"),
     Mutation("every-class-union-skips-second-class", "certify/selection.py",
              "total, j = 0.0, 2", "total, j = 0.0, 3",
-             (B,), (f"{B}::test_every_class_keeps_two_coin_classes_within_alpha",),
+             (B,), (f"{B}::test_every_class_keeps_its_claims_within_alpha",),
              "selection 'all': the union over the other classes misses the second largest"),
 )
 
@@ -181,6 +183,8 @@ def main(argv=None) -> dict:
     result = {"benchmark": "mutation_check", "suite": args.suite, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
               "mutations": rows}
     write_json(args.out, result)
+    caught = sum(row["status"] == "caught" for row in rows)
+    print(f"{caught} of {len(rows)} caught by an oracle test; results in {args.out}")
     return result
 
 
