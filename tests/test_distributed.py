@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,10 +12,9 @@ import torch
 
 from certify.runs import shard_paths
 from classifiers.small_cnn import SmallCNN
+from processes import ACCELERATE, kill_part_way, launch_env
 
 pytestmark = pytest.mark.slow
-ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port"]
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +25,13 @@ def cnn_dir(tmp_path_factory) -> Path:
     return d
 
 
-def _cmd(cnn_dir, out, processes: int, port: int = 29517, n: int = 3000):
+def _cmd(cnn_dir, out, processes: int, n: int = 3000):
     args = ["certify", "--classifier", f"small-cnn:{cnn_dir}", "--dataset", "mnist5k:test", "--sigma", "0.25",
             "--n0", "20", "--n", str(n), "--batch", "100", "--skip", "50", "--max", "1000", "--seed", "3",
-            "--out", str(out), "--quiet"]
+            "--device", "cpu", "--out", str(out), "--quiet"]
     if processes == 1:
         return [sys.executable, "-m", "certify.cli", *args]
-    return [*ACCELERATE, str(port), "-m", "certify.cli", *args]
+    return [*ACCELERATE, "-m", "certify.cli", *args]
 
 
 def _table(path: Path) -> list[list[str]]:
@@ -43,7 +39,7 @@ def _table(path: Path) -> list[list[str]]:
 
 
 def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1"}
+    return launch_env(ACCELERATE_USE_CPU="1")  # both ranks on the CPU (gloo) like the --device cpu reference, GPU or not
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +61,9 @@ def test_two_processes_equal_one(cnn_dir, reference, tmp_path):
 @pytest.mark.parametrize("first,then", [(2, 1), (1, 2)])
 def test_killed_run_resumes_with_another_process_count(cnn_dir, reference, tmp_path, first, then):
     out = tmp_path / "run.tsv"
-    proc = subprocess.Popen(_cmd(cnn_dir, out, first, port=29531), env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     lines = lambda: sum(max(len(p.read_text().splitlines()) - 1, 0) for p in [out, *shard_paths(out)] if p.exists())  # noqa: E731
-    deadline = time.time() + 180
-    while time.time() < deadline and lines() < 4:
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 4 <= lines() < 20, "the kill should land part-way through"
-    subprocess.run(_cmd(cnn_dir, out, then, port=29533), check=True, env=_env(), capture_output=True)
+    assert 4 <= kill_part_way(_cmd(cnn_dir, out, first), lines, at_least=4, env=_env()) < 20, \
+        "the kill should land part-way through"
+    subprocess.run(_cmd(cnn_dir, out, then), check=True, env=_env(), capture_output=True)
     assert _table(out) == _table(reference)
     assert shard_paths(out) == []

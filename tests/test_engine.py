@@ -195,11 +195,11 @@ def test_denoiser_sits_between_noise_and_classifier():
     assert c == 0 and calls and set(calls) == {0.25}
 
 
-@pytest.mark.parametrize("shape,same", [((1, 4, 4), True), ((3, 32, 32), True), ((1, 28, 28), True),
-                                        ((1, 3, 3), False), ((3, 5, 5), False)])
-def test_batch_size_changes_the_noise_exactly_as_the_readme_states(shape, same):
-    """README: on the CPU another batch size draws the very same noise when C*H*W is a multiple of 16,
-    and other (equally valid) noise otherwise."""
+@pytest.mark.parametrize("shape", [(1, 4, 4), (3, 32, 32), (1, 3, 3), (3, 5, 5)])
+def test_noise_is_the_streams_draws_batch_by_batch(shape):
+    """README: noise is drawn batch by batch from the image's stream. Each batch size gives exactly the
+    generator's draws in chunks of that size, and again on a rerun. (Whether two batch sizes give the same
+    numbers is up to PyTorch's generator, which the README reports and this test does not assume.)"""
     seen = []
 
     class Recorder(nn.Module):
@@ -210,9 +210,10 @@ def test_batch_size_changes_the_noise_exactly_as_the_readme_states(shape, same):
             return torch.zeros(len(images), 2)
 
     g = Smoothed(Recorder(), sigma=0.5)
-    draws = []
     for batch in (7, 50, 1000):
-        seen.clear()
-        g.sample_counts(torch.zeros(shape), 1000, batch, torch.Generator().manual_seed(0))
-        draws.append(torch.cat(seen))
-    assert all(torch.equal(draws[0], d) for d in draws[1:]) == same
+        for _ in range(2):
+            seen.clear()
+            g.sample_counts(torch.zeros(shape), 1000, batch, torch.Generator().manual_seed(0))
+            stream = torch.Generator().manual_seed(0)
+            draws = [torch.randn((min(batch, 1000 - at), *shape), generator=stream) for at in range(0, 1000, batch)]
+            assert torch.equal(torch.cat(seen), 0.5 * torch.cat(draws)), batch

@@ -5,11 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,7 @@ from certify.cli import main
 from certify.runs import RunSettings, run_certification
 from certify.smoothing import Smoothed
 from classifiers.small_cnn import SmallCNN
+from processes import kill_part_way
 
 DSMOOTH = [sys.executable, "-m", "certify.cli"]
 
@@ -67,15 +64,9 @@ def test_killed_run_resumes_to_identical_file(cnn_dir, tmp_path):
     assert main(_args(cnn_dir, full)) == 0
 
     part = tmp_path / "part.tsv"
-    proc = subprocess.Popen(DSMOOTH + _args(cnn_dir, part, n="3000", batch="50"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not part.exists() or len(part.read_text().splitlines()) < 4):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    written = len(part.read_text().splitlines())
-    assert 4 <= written < 21, "the kill should land part-way through"
+    written = lambda: len(part.read_text().splitlines()) if part.exists() else 0  # noqa: E731
+    assert 4 <= kill_part_way(DSMOOTH + _args(cnn_dir, part, n="3000", batch="50"), written) < 21, \
+        "the kill should land part-way through"
     with open(part, "a") as fh:
         fh.write("33\t3\t")  # a torn line, as a kill in the middle of a write leaves it
     assert main(_args(cnn_dir, part, n="3000", batch="50")) == 0

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +17,7 @@ from classifiers.training import train_classifier_from_config
 from denoisers import create_denoiser
 from denoisers.dncnn import DnCNN
 from denoisers.training import DENOISER_DEFAULTS, train_from_config
+from processes import ACCELERATE, launch_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "recipes" / "configs"
@@ -38,22 +36,14 @@ def tiny(tmp_path: Path, **keys) -> dict:
     return cfg
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes_writes_a_loadable_checkpoint(tmp_path):
     config = write_yaml(tmp_path / "tiny.yaml", tiny(tmp_path, export_dir=str(tmp_path / "export"),
                                                      summary="tiny", family="dncnn"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = launch_env()
     # `--cpu --num_processes 2` would start ONE process in accelerate 1.x (its simple launcher, no torchrun);
     # `--multi_gpu` goes through torchrun, and `cpu: true` in the config puts both ranks on the CPU (gloo).
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(ROOT / "recipes" / "train_denoiser.py"), "--config", config]
+    cmd = [*ACCELERATE, str(ROOT / "recipes" / "train_denoiser.py"), "--config", config]
     # about 20 s on an idle 2-core machine (mostly three interpreters importing torch); the timeout only
     # guards against a hang, e.g. processes waiting on each other at a barrier
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
@@ -227,10 +217,8 @@ def test_ddpm_recipe_two_processes_then_resume(tmp_path):
         "epochs": 1, "batch_size": 60, "lr": 0.001, "num_threads": 1, "timestep_sigma_range": [0.12, 1.0],
     }
     config = write_yaml(tmp_path / "ddpm.yaml", cfg)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(free_port()), str(ROOT / "recipes" / "train_ddpm.py"), "--config", config]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [*ACCELERATE, str(ROOT / "recipes" / "train_ddpm.py"), "--config", config]
+    env = launch_env()
     proc = subprocess.run(launch, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_training_state(tmp_path / "run")

@@ -13,7 +13,8 @@ from torch import nn
 
 from certify.cli import main
 from certify.smoothing import Smoothed
-from certify.stats import certificate, clopper_pearson_upper, two_class_bounds, two_class_radius
+from certify.stats import certificate, clopper_pearson_upper, two_class_bounds
+from oracles import theorem1_radius
 
 SIGMA = 0.5
 
@@ -48,9 +49,9 @@ def _oracle_images(count: int, seed: int) -> tuple[ThreeBands, Smoothed, list[to
 
 
 def _true_radius(p: np.ndarray) -> tuple[int, float]:
-    """The top class and the two-class radius at the exact probabilities."""
+    """The top class and Theorem 1's radius at the exact probabilities (`oracles`, not the code under test)."""
     order = np.argsort(p)[::-1]
-    return int(order[0]), two_class_radius(SIGMA, float(p[order[0]]), float(p[order[1]]))
+    return int(order[0]), theorem1_radius(SIGMA, float(p[order[0]]), float(p[order[1]]))
 
 
 @pytest.mark.parametrize("p", [(0.3, 0.5, 0.2), (0.05, 0.6, 0.35), (0.25, 0.4, 0.35)])
@@ -72,7 +73,7 @@ def test_two_class_radius_stays_within_its_true_value_at_rate_alpha(p, alpha):
         c = decide(cA, tuple(counts))
         wrong += c.prediction != -1 and (c.prediction != top or c.radius > true)
         hat = sorted(counts, reverse=True)  # the point estimates instead of bounds: not a certificate
-        naive_wrong += two_class_radius(SIGMA, hat[0] / 1000, hat[1] / 1000) > true
+        naive_wrong += theorem1_radius(SIGMA, hat[0] / 1000, hat[1] / 1000) > true
     assert wrong <= binom.ppf(0.999, trials, alpha), (wrong, trials * alpha)
     assert naive_wrong > binom.ppf(0.999, trials, alpha)  # the check can fail
 
