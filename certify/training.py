@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .checkpoint import load_weights_only
+
 log = logging.getLogger(__name__)
 
 STATE_NAME = "training_state.pt"
@@ -243,7 +245,7 @@ def load_training_state(directory: Path) -> dict[str, Any] | None:
     path = Path(directory) / STATE_NAME
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights_only(path)
 
 
 def append_log(directory: Path, record: Mapping[str, Any]) -> None:
