@@ -287,6 +287,24 @@ def test_a_torn_transformers_classifier_is_one_line(tmp_path):
         create_classifier(f"hf:{tmp_path}")  # was a SafetensorError traceback
 
 
+def test_a_pickled_transformers_checkpoint_is_one_line_in_our_words(tmp_path):
+    """Issue 25 item 9 through a library's loader: transformers passes torch's refusal on, whose first line
+    began its advice ('This file can still be loaded, to do so you have two options, ...')."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=8, num_labels=3)
+    ViTForImageClassification(config).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError) as exc:
+        create_classifier(f"hf:{tmp_path}")
+    assert "(UnpicklingError: a weights file is a pickle (of torch.nn.modules.linear.Linear), which is never " \
+           "unpickled here; save the weights as safetensors)" in str(exc.value)
+    assert not [phrase for phrase in TORCH_ADVICE if phrase in str(exc.value)]
+
+
 # -- image folders ----------------------------------------------------------------------------------------------
 def _folder(root, names, n=2):
     from PIL import Image
