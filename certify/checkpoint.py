@@ -1,18 +1,23 @@
 """Checkpoints: safetensors weights plus a JSON config, from a folder or a hub id.
 
-Nothing here unpickles: legacy ``.pth`` files go through ``torch.load(weights_only=True)``.
+Nothing here unpickles: legacy ``.pth`` files go through ``torch.load(weights_only=True)``. A network
+described by a config is loaded in one order (:func:`build_loaded`): the weights file is read first,
+the network is built on the meta device and compared with it, and only then built for real, holding
+the file's tensors (one copy of the weights, never a random initialisation beside them).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .errors import one_line, why_unreadable
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -99,8 +104,11 @@ def load_config(dir_or_id: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     return directory, config
 
 
-#: The largest network a config may ask for (weights in fp32); the biggest model of the field,
-#: guided-diffusion's ImageNet 256 UNet, is 552M parameters, about 2.2 GB, in fewer than 1,000 tensors.
+#: The largest network a config may ask for, counted as it is allocated: every parameter and buffer at the
+#: dtype it is built in (:func:`probe_size`); a loaded network holds its file's tensors, not a copy beside a
+#: random initialisation (:func:`build_loaded`: a 138M-parameter ADM peaked at 1.03x its weights, 2.03x
+#: before), and a larger file is refused unread. The field's biggest, guided-diffusion's ImageNet 256 UNet,
+#: is 552M parameters (2.2 GB) in fewer than 1,000 tensors.
 MAX_WEIGHT_BYTES = 32 * 2**30
 MAX_WEIGHT_TENSORS = 20_000
 
@@ -113,15 +121,15 @@ class _TooLarge(Exception):
     pass
 
 
-def build_checked(build: Callable[[], torch.nn.Module], source: str) -> torch.nn.Module:
-    """``build()``, after building it once on the meta device (no memory) while counting its weights.
+def probe_size(build: Callable[[], torch.nn.Module], source: str) -> torch.nn.Module:
+    """``build()`` on the meta device (no memory), counting its weights as they are registered.
 
-    The count stops the probe as soon as it passes :data:`MAX_WEIGHT_BYTES` or :data:`MAX_WEIGHT_TENSORS`,
+    The count stops the build as soon as it passes :data:`MAX_WEIGHT_BYTES` or :data:`MAX_WEIGHT_TENSORS`,
     so a config asking for terabytes (``features: 10**7``) or for a billion layers (``depth: 10**9``)
     is refused (:class:`OversizedNetwork`) within a second or two, before anything is allocated.
 
-    >>> build_checked(lambda: torch.nn.Linear(2, 3), "a config").out_features
-    3
+    >>> probe_size(lambda: torch.nn.Linear(2, 3), "a config").weight.device
+    device(type='meta')
     """
     from torch.nn.modules.module import (register_module_buffer_registration_hook,
                                          register_module_parameter_registration_hook)
@@ -138,58 +146,99 @@ def build_checked(build: Callable[[], torch.nn.Module], source: str) -> torch.nn
     hooks = [register_module_parameter_registration_hook(count), register_module_buffer_registration_hook(count)]
     try:
         with torch.device("meta"):
-            build()
+            return build()
     except _TooLarge:
         what = (f"more than {MAX_WEIGHT_BYTES / 2**30:g} GiB of weights" if seen["bytes"] > MAX_WEIGHT_BYTES
                 else f"more than {MAX_WEIGHT_TENSORS:,} weight tensors")
         raise OversizedNetwork(f"{source} describes a network of {what}; the config is wrong or not meant for this "
-                         f"loader") from None
+                               f"loader") from None
     finally:
         for hook in hooks:
             hook.remove()
+
+
+def build_checked(build: Callable[[], torch.nn.Module], source: str) -> torch.nn.Module:
+    """``build()`` (a fresh network), after :func:`probe_size` has built it once on the meta device.
+
+    >>> build_checked(lambda: torch.nn.Linear(2, 3), "a config").out_features
+    3
+    """
+    probe_size(build, source)
     return build()
+
+
+def build_loaded(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], source: str, against: str,
+                 hint: str = "", described_by: str | None = None,
+                 fit: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+                 ) -> torch.nn.Module:
+    """The network ``build()`` makes, holding ``state``: the one way a network is loaded from a weights file.
+
+    The caller reads the file first (:func:`read_weights`: a damaged file is refused before anything is
+    built). A network that a config describes (``described_by`` names it), of any size, is built on the
+    meta device (:func:`probe_size`) and its keys and shapes compared with ``state`` (:func:`check_state`).
+    Only then is it built for real, each parameter replaced by a meta tensor as it is registered (before
+    its initialisation runs; buffers stay real), and ``state``'s tensors are assigned in their place: the
+    weights exist once. ``fit(expected, state)`` may first map ``state``'s names onto the network's.
+
+    >>> state = {"weight": torch.ones(3, 2), "bias": torch.zeros(3)}
+    >>> net = build_loaded(lambda: torch.nn.Linear(2, 3), state, "w.pth", "Linear(2, 3)", described_by="a config")
+    >>> net.weight.data_ptr() == state["weight"].data_ptr()  # the file's tensor itself, not a copy
+    True
+    """
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    def to_meta(module: torch.nn.Module, name: str, param: torch.Tensor | None) -> torch.Tensor | None:
+        if type(param) is torch.nn.Parameter and not param.is_meta:
+            return torch.nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        return None
+
+    fit = fit or (lambda expected, given: given)
+    if described_by is not None:
+        expected = probe_size(build, described_by).state_dict()
+        check_state(expected, fit(expected, state), source, against, hint)
+    hook = register_module_parameter_registration_hook(to_meta)
+    try:
+        model = build()
+    finally:
+        hook.remove()
+    expected = model.state_dict()
+    state = fit(expected, state)
+    check_state(expected, state, source, against, hint)
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, assign=True)
+    return model
 
 
 #: Keys under which training scripts commonly nest the state dict.
 NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
 
-def one_line(exc: BaseException) -> str:
-    """``Type: first line`` of an exception from a library, for a one-line error of our own.
-
-    >>> one_line(OSError("no such file\\nand a page of advice"))
-    'OSError: no such file'
-    """
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
-
-
-def _why_unreadable(exc: Exception) -> str:
-    """The one informative line of a ``torch.load`` failure (its weights-only text runs to a page)."""
-    refused = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", str(exc), re.S)
-    if refused:
-        reason = " ".join(refused.group(1).split())  # its first sentence; the rest is how to allowlist it
-        return "it holds pickled objects: " + re.split(r"\.(?:\s|$)", reason)[0][:200]
-    return "the file is empty or cut short" if isinstance(exc, EOFError) else one_line(exc)
+def load_weights_only(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure is one line (:func:`why_unreadable`)."""
+    try:
+        with warnings.catch_warnings():  # torch's note on a plain pickle's protocol: the refusal says it all
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(why_unreadable(exc, path)) from None
 
 
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file, or of a ``.pth``/``.pt``/``.bin`` file read with
     ``torch.load(weights_only=True)`` (never unpickles objects; a state dict nested under
-    ``state_dict``/``model``/... is unwrapped). Anything else is one line naming the file.
+    ``state_dict``/``model``/... is unwrapped). Anything else is one line naming the file, and so is
+    a file larger than :data:`MAX_WEIGHT_BYTES` (refused before it is read).
     """
     path = Path(path)
+    if path.is_file() and path.stat().st_size > MAX_WEIGHT_BYTES:
+        raise OversizedNetwork(f"{path} is {path.stat().st_size / 2**30:.1f} GiB, more than the "
+                               f"{MAX_WEIGHT_BYTES / 2**30:g} GiB of weights a network here may have")
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))
         except Exception as exc:  # truncated, or not safetensors at all
             raise ValueError(f"{path} is not a readable safetensors file (truncated or damaged?): "
                              f"{one_line(exc)}") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a weights-only torch file ({_why_unreadable(exc)}); pickles are refused: "
-                         f"save a state dict of tensors (torch.save(model.state_dict(), ...) or safetensors)") from None
+    state = load_weights_only(path)
     for key in NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -198,43 +247,40 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights_into(module: torch.nn.Module, directory: str | os.PathLike) -> torch.nn.Module:
-    """Load ``model.safetensors`` (or a legacy ``.pth``) into ``module``; any mismatch is a clear error."""
+def weights_path(directory: str | os.PathLike) -> Path:
+    """The weights file of a checkpoint folder: ``model.safetensors``, else a legacy ``.pth``/``.pt``."""
     directory = Path(directory)
     weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        legacy = sorted(directory.glob("*.pth")) + sorted(directory.glob("*.pt"))
-        if not legacy:
-            raise ValueError(f"checkpoint folder {str(directory)!r} has no {WEIGHTS_NAME}")
-        weights = legacy[0]
-    return load_state_checked(module, read_weights(weights), f"weights in {str(directory)!r}", "their config")
+    if weights.is_file():
+        return weights
+    legacy = sorted(directory.glob("*.pth")) + sorted(directory.glob("*.pt"))
+    if not legacy:
+        raise ValueError(f"checkpoint folder {str(directory)!r} has no {WEIGHTS_NAME}")
+    return legacy[0]
 
 
-def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str, against: str,
-                       hint: str = "") -> torch.nn.Module:
-    """``module.load_state_dict(state)`` after checking keys and shapes; a mismatch is one line
-    (``SOURCE do not match AGAINST: missing [...]; unexpected [...]; shape of ...``, then ``hint``).
+def check_state(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str, against: str,
+                hint: str = "") -> None:
+    """Refuse ``state`` unless its keys and shapes are ``expected``'s (a network's ``state_dict()``, on the
+    meta device or not): one line, ``SOURCE do not match AGAINST: missing [...]; unexpected [...];
+    shape of ...``, then ``hint``.
 
-    >>> net = torch.nn.Linear(2, 3)
-    >>> load_state_checked(net, {"weight": torch.ones(3, 2), "bias": torch.zeros(3)}, "w", "Linear").bias.sum().item()
-    0.0
+    >>> check_state(torch.nn.Linear(2, 3).state_dict(), {"weight": torch.ones(3, 3)}, "w.pth", "Linear(2, 3)")
+    Traceback (most recent call last):
+    ...
+    ValueError: w.pth do not match Linear(2, 3): missing ['bias'] (1 in all); shape of 'weight' is (3, 3), Linear(2, 3) expects (3, 2)
     """
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
+    # BatchNorm's step counter is absent from checkpoints older than torch 0.4.1; torch fills it in on loading
+    missing = sorted(k for k in set(expected) - set(state) if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {missing[:3]}{'...' if len(missing) > 3 else ''} ({len(missing)} in all)")
-        if unexpected:
-            parts.append(f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''} ({len(unexpected)} in all)")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"shape of {k!r} is {tuple(state[k].shape)}, {against} expects {tuple(expected[k].shape)}")
+    parts = [f"{what} {keys[:3]}{'...' if len(keys) > 3 else ''} ({len(keys)} in all)"
+             for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    if wrong:
+        parts.append(f"shape of {wrong[0]!r} is {tuple(state[wrong[0]].shape)}, {against} expects "
+                     f"{tuple(expected[wrong[0]].shape)}")
+    if parts:
         raise ValueError(f"{source} do not match {against}: " + "; ".join(parts) + (f". {hint}" if hint else ""))
-    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
-    return module
 
 
 class ConfigCheckpoint:
@@ -295,15 +341,19 @@ class ConfigCheckpoint:
 
     @classmethod
     def from_pretrained(cls, dir_or_id: str | os.PathLike):
-        """Load a checkpoint folder or hub id: build from ``config.json`` (size-checked), then load the weights."""
+        """Load a checkpoint folder or hub id: its weights file first, then the network ``config.json``
+        describes, compared with it on the meta device before it is built (:func:`build_loaded`)."""
         directory, config = load_config(dir_or_id)
         arch = config.get("architecture")
         target = cls.checkpoint_class(arch, directory)
         kwargs = {k: v for k, v in config.items() if k != "architecture"}
-        try:
-            model = build_checked(lambda: target(**kwargs), f"config.json in {directory}")
-        except OversizedNetwork:
-            raise
-        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a JSON Infinity as a size
-            raise ValueError(f"config.json in {directory} does not describe a {arch}: {exc}") from None
-        return load_weights_into(model, directory).eval()
+        state = read_weights(weights_path(directory))
+
+        def build() -> torch.nn.Module:
+            try:
+                return target(**kwargs)
+            except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: a JSON Infinity as a size
+                raise ValueError(f"config.json in {directory} does not describe a {arch}: {exc}") from None
+
+        return build_loaded(build, state, f"weights in {str(directory)!r}", "their config",
+                            described_by=f"config.json in {directory}").eval()

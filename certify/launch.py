@@ -71,10 +71,10 @@ def add_training_args(parser) -> None:
                         help="continue the run in the output folder from its last finished epoch")
     parser.add_argument("--output-dir", default=None,
                         help="run folder: checkpoint, training state and log (default: the config's "
-                             "output_dir, else runs/<config name>); never inside the package unless named here")
+                             "output_dir, else runs/<config name>); never inside the package or a shipped model")
     parser.add_argument("--export-dir", default=None,
-                        help="also write a shippable fp16 copy here at the end (e.g. denoisers/pretrained/NAME "
-                             "to refresh a shipped model on purpose)")
+                        help="also write a shippable fp16 copy here at the end, without training state (e.g. "
+                             "denoisers/pretrained/NAME to refresh a shipped model on purpose)")
     parser.add_argument("--epochs", type=int, default=None, help="override the config's number of epochs")
     parser.add_argument("--max-steps", type=int, default=None,
                         help="stop after this many optimizer steps in all (quick runs)")

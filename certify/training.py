@@ -11,6 +11,7 @@ continues from it. Runs unchanged on a CPU, one GPU or many (``accelerate launch
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
@@ -22,6 +23,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from .checkpoint import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +65,37 @@ OVERRIDES = ("output_dir", "export_dir", "epochs", "max_steps")
 _PACKAGES = ("certify", "denoisers", "classifiers")
 
 
-def check_not_in_package(path: str | Path, key: str, explicit: bool = False) -> None:
-    """Refuse a training output inside the installed library (shipped weights live there).
+def check_training_output(path: str | Path, key: str, explicit: bool = False, run_dir: str | Path | None = None) -> None:
+    """Refuse a training output that would overwrite shipped weights, the one check of every trainer.
 
-    A config never writes into the package; only a folder named on the command line (``explicit``)
-    may, which is how a maintainer refreshes a shipped model on purpose.
+    The run folder (``output_dir``: weights, training state and log after every epoch) never lies inside
+    the packages, nor in or under a folder holding an exported model (``bundle.json``: a shipped model,
+    also in a source checkout that is not the one imported), whoever names it. ``export_dir`` (weights,
+    ``bundle.json`` and the recipe; never training state, so never the run folder ``run_dir``) lies inside
+    the packages only when the command line names it (``explicit``), to refresh a shipped model on purpose.
+    Paths are compared resolved (relative, ``..``, symlinks, a trailing slash) with where the packages are
+    imported from.
 
-    >>> check_not_in_package("runs/x", "output_dir")
+    >>> check_training_output("runs/x", "output_dir")
     """
-    if explicit:
-        return
     target = Path(path).resolve()
-    for name in _PACKAGES:
-        package = Path(__file__).resolve().parents[1] / name
-        if target == package or package in target.parents:
-            raise ValueError(f"{key} {str(path)!r} lies inside the installed package ({package}); training never "
-                             f"writes there from a config. Name another folder, or pass --{key.replace('_', '-')} "
-                             f"{path} on the command line to overwrite shipped weights on purpose")
+    packages = [Path(p).resolve() for name in _PACKAGES for p in importlib.util.find_spec(name).submodule_search_locations]
+    package = next((p for p in packages if target == p or p in target.parents), None)
+    if key == "output_dir":
+        bundle = next((d for d in (target, *target.parents) if (d / BUNDLE_NAME).is_file()), None)
+        if package is not None or bundle is not None:
+            where = (f"lies inside the installed package ({package})" if package is not None
+                     else f"lies in the exported model {bundle} ({BUNDLE_NAME})")
+            raise ValueError(f"output_dir {str(path)!r} {where}; a run folder gets training_state.pt and log.jsonl "
+                             f"beside its weights, so training never runs there. Name another folder; a shipped "
+                             f"model is refreshed with --export-dir {path} (weights only)")
+    elif run_dir is not None and target == Path(run_dir).resolve():
+        raise ValueError(f"export_dir {str(path)!r} is the run folder (output_dir); an export never holds training "
+                         f"state: name another folder")
+    elif package is not None and not explicit:
+        raise ValueError(f"{key} {str(path)!r} lies inside the installed package ({package}); training never "
+                         f"writes there from a config. Name another folder, or pass --{key.replace('_', '-')} "
+                         f"{path} on the command line to overwrite shipped weights on purpose")
 
 
 def _positive_int(cfg: dict[str, Any], key: str, path: Path, minimum: int = 1) -> None:
@@ -92,8 +109,8 @@ def load_training_config(path: str | Path, defaults: Mapping[str, Any],
     """Read a YAML config, fill in ``defaults``, apply command-line ``overrides`` (None = not given).
 
     An unknown key or a missing required one is an error; ``output_dir`` defaults to
-    ``runs/<config name>``; neither it nor ``export_dir`` may point into the package unless the
-    command line named it.
+    ``runs/<config name>`` and never points into the package (or a shipped model), ``export_dir`` only
+    when the command line named it (:func:`check_training_output`).
 
     >>> import tempfile, os
     >>> with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
@@ -126,7 +143,7 @@ def load_training_config(path: str | Path, defaults: Mapping[str, Any],
         raise ValueError(f"{path}: optimizer must be 'adam' or 'adamw', got {cfg['optimizer']!r}")
     for key in ("output_dir", "export_dir"):
         if cfg.get(key):
-            check_not_in_package(cfg[key], key, explicit=key in given)
+            check_training_output(cfg[key], key, explicit=key in given, run_dir=cfg["output_dir"])
     return cfg
 
 
@@ -243,7 +260,7 @@ def load_training_state(directory: Path) -> dict[str, Any] | None:
     path = Path(directory) / STATE_NAME
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights_only(path)
 
 
 def append_log(directory: Path, record: Mapping[str, Any]) -> None:

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from certify.checkpoint import read_weights
+from certify.checkpoint import build_loaded, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +48,22 @@ def weights_file_problems(path: str | os.PathLike, option: str) -> list[str]:
 
 def build_with_weights(build: Callable[[], nn.Module], download: bool, what: str, offline_hint: str,
                        weights_file: str | os.PathLike | None = None) -> nn.Module:
-    """Build a model (``build`` downloads its weights when ``download``), load ``weights_file`` into it
-    if given, and return it in eval mode. A failed download is one line saying what to do offline.
+    """Build a model (``build`` downloads its weights when ``download``), or read ``weights_file`` first
+    and build the model holding its tensors (`certify.checkpoint.build_loaded`), and return it in eval
+    mode. A failed download is one line saying what to do offline.
 
     >>> m = build_with_weights(lambda: nn.Linear(2, 2), False, "weights", "pass a file")
     >>> m.training
     False
     """
+    state = None if weights_file is None else read_state_file(weights_file)  # first: a bad file builds nothing
     try:
-        model = build()
+        model = build() if state is None else build_loaded(
+            build, state, str(weights_file), "the model", fit=lambda own, given: fit_state(own, given, str(weights_file)))
     except Exception as exc:
         if not download:
             raise
         raise ValueError(f"could not download {what} ({type(exc).__name__}: {exc}); offline, {offline_hint}") from exc
-    if weights_file is not None:
-        load_state_into(model, read_state_file(weights_file), source=str(weights_file))
     return model.eval()
 
 
@@ -86,23 +87,22 @@ def read_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str = "weights") -> nn.Module:
-    """Load ``state`` into ``model`` by key; when the names differ but the tensors match one to one in
-    order (same count and shapes, as in a port of the same network), pair them in order.
+def fit_state(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str = "weights"
+              ) -> dict[str, torch.Tensor]:
+    """``state`` under the names of ``own`` (a model's ``state_dict()``): as it is when the names agree;
+    when they differ but the tensors match one to one in order (same count and shapes, as in a port of
+    the same network), paired in order.
 
     >>> a, b = nn.Linear(2, 3), nn.Sequential(nn.Linear(2, 3))
-    >>> _ = load_state_into(b, a.state_dict())
-    >>> bool(torch.equal(a.weight, b[0].weight))
-    True
+    >>> sorted(fit_state(b.state_dict(), a.state_dict()))
+    ['0.bias', '0.weight']
     """
-    own = model.state_dict()
     if set(state) == set(own):
         bad = [k for k in own if own[k].shape != state[k].shape]
         if bad:
             raise ValueError(f"{source}: shape mismatch for {bad[:5]} (e.g. {bad[0]}: file "
                              f"{tuple(state[bad[0]].shape)} vs model {tuple(own[bad[0]].shape)})")
-        model.load_state_dict(state)
-        return model
+        return state
     theirs = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
     mine = [k for k in own if not k.endswith("num_batches_tracked")]
     shapes_match = len(theirs) == len(mine) and all(own[m].shape == v.shape for m, (_, v) in zip(mine, theirs))
@@ -111,5 +111,4 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: st
         raise ValueError(f"{source} does not fit the model: {len(theirs)} tensors in the file vs {len(mine)} in the "
                          f"model, keys missing from the file include {missing}")
     log.info("%s: parameter names differ; pairing %d tensors in order (shapes all match)", source, len(mine))
-    model.load_state_dict({m: v for m, (_, v) in zip(mine, theirs)}, strict=False)
-    return model
+    return {m: v for m, (_, v) in zip(mine, theirs)}

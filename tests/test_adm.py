@@ -149,7 +149,7 @@ def test_refusals_are_one_line(tmp_path, tiny64):
         create_denoiser("adm")
     pickled = tmp_path / "pickled.pt"
     torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # a pickled module, not a state dict
-    with pytest.raises(ValueError, match="not a weights-only torch file"):
+    with pytest.raises(ValueError, match=r"is a pickle \(of torch.nn.modules.linear.Linear\)"):
         create_denoiser(f"adm:{pickled}", **TINY64)
     pickled.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
     with pytest.raises(ValueError, match="pickles are refused|state dict of tensors"):
@@ -158,6 +158,69 @@ def test_refusals_are_one_line(tmp_path, tiny64):
     torch.save({"model": torch.load(path, weights_only=True)}, nested)
     assert isinstance(create_denoiser(f"adm:{nested}", **TINY64), ADMDenoiser)
     assert "adm" in list_denoisers()
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """Every call of guided-diffusion's builder, by the device it builds on; one for real is refused here
+    (the code as it was would allocate the 20 GB these tests ask for)."""
+    from guided_diffusion import script_util
+
+    original, devices = script_util.create_model_and_diffusion, []
+
+    def spy(**flags):
+        devices.append(torch.empty(0).device.type)
+        if devices[-1] != "meta" and flags["num_channels"] > 64:
+            raise AssertionError("a UNet beyond the tiny ones of these tests was built for real")
+        return original(**flags)
+
+    monkeypatch.setattr(script_util, "create_model_and_diffusion", spy)
+    return devices
+
+
+def test_a_garbage_or_empty_file_is_refused_before_any_unet_is_built(tmp_path, builds):
+    """Issue 25 item 8: 66 bytes under the official name cost the 552M-parameter UNet (3 GB, 31 s) before
+    they were refused; an empty file with num_channels=768 passed the size check and began on 20 GB."""
+    official = tmp_path / "256x256_diffusion_uncond.pt"
+    official.write_bytes(b"not a checkpoint: 66 bytes of garbage under the official file name..")
+    with pytest.raises(ValueError, match=r"256x256_diffusion_uncond.pt is not a weights file torch can read"):
+        create_denoiser(f"adm:{official}")
+    official.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"256x256_diffusion_uncond.pt is empty or cut short"):
+        create_denoiser(f"adm:{official}", num_channels=768)
+    assert builds == []  # the file was read first: no UNet built, not even on the meta device
+
+
+def test_weights_that_do_not_fit_are_refused_on_the_meta_device(tmp_path, tiny64, builds):
+    """A readable file of another network is compared on the meta device, never built for real."""
+    official = tmp_path / "256x256_diffusion_uncond.pt"
+    official.write_bytes(tiny64[0].read_bytes())
+    for flags in ({}, {"num_channels": 768}):  # the preset (552M parameters), and 5.0G parameters (20 GB)
+        with pytest.raises(ValueError, match="do not match the ADM UNet of preset imagenet256-uncond"):
+            create_denoiser(f"adm:{official}", **flags)
+    assert builds == ["meta", "meta"]
+
+
+def test_the_loaded_unet_holds_the_files_tensors_once(tiny64, builds, monkeypatch):
+    """Built with its parameters on meta and the file's tensors assigned: no random initialisation beside
+    the weights (the old peak was two copies); the same estimate as the published code's (tests above)."""
+    import denoisers.adm as adm
+
+    read = []
+    monkeypatch.setattr(adm, "read_weights", lambda path: read.append(torch.load(path, weights_only=True)) or read[-1])
+    den = create_denoiser(f"adm:{tiny64[0]}", **TINY64)
+    assert builds == ["meta", "cpu"]  # compared on meta, then built once
+    state = dict(den.model.state_dict())
+    assert state.keys() == read[0].keys()
+    assert all(state[k].data_ptr() == read[0][k].data_ptr() for k in state)
+    assert all(torch.equal(state[k], v) for k, v in tiny64[1].state_dict().items())
+
+
+@pytest.mark.parametrize("steps", [10**9, 0, 1000.5, True])
+def test_diffusion_steps_are_bounded_before_guided_diffusion_allocates_them(steps):
+    """guided-diffusion builds its schedule (about 420 bytes per step) before any weight: 10**9 is 420 GB."""
+    with pytest.raises(ValueError, match=r"diffusion_steps must be an integer from 1 to 100,000"):
+        adm_flags(diffusion_steps=steps)
 
 
 def test_size_mismatch_is_an_error_unless_an_explicit_rule_is_asked_for(tiny64):

@@ -84,13 +84,13 @@ def test_efficientnet_lite0_real_imagenet_accuracy(imagenet20):
 
 
 def test_state_file_pairing_rejects_a_wrong_file(tmp_path):
-    from classifiers.state_files import load_state_into
+    from classifiers.state_files import fit_state
 
     state = nn.Linear(3, 3).state_dict()
     with pytest.raises(ValueError, match="shape mismatch"):
-        load_state_into(nn.Linear(3, 4), state, source="w.pth")
+        fit_state(nn.Linear(3, 4).state_dict(), state, source="w.pth")
     with pytest.raises(ValueError, match="does not fit"):
-        load_state_into(nn.Sequential(nn.Linear(3, 4)), state, source="w.pth")
+        fit_state(nn.Sequential(nn.Linear(3, 4)).state_dict(), state, source="w.pth")
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import os
 import pickle
 import re
 
@@ -90,6 +92,42 @@ def test_absurd_or_malformed_configs_are_refused_before_allocating(tmp_path, con
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=message):
         create_denoiser(f"dncnn:{tmp_path}")
+
+
+def test_a_weights_file_is_read_before_its_network_is_built(tmp_path, monkeypatch):
+    """Issue 25 item 8, for every loader of a config + weights file (one mechanism, build_loaded): a damaged
+    file is refused before anything is built; weights of another network are compared on the meta device,
+    so a config describing 10 GB (DnCNN, 4096 features) is never built for real."""
+    import torchvision
+
+    from denoisers.dncnn import DnCNN
+
+    devices, original = [], DnCNN.__init__
+
+    def spy(self, *args, **kwargs):
+        devices.append(torch.empty(0).device.type)
+        assert devices[-1] == "meta" or kwargs.get("features", 64) <= 64, "10 GB built for real"
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DnCNN, "__init__", spy)
+    create_denoiser("dncnn", in_channels=1, depth=3, features=4).save_pretrained(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**config, "depth": 17, "features": 4096}))
+    devices.clear()
+    with pytest.raises(ValueError, match="weights in .* do not match their config: .*shape of"):
+        create_denoiser(f"dncnn:{tmp_path / 'ckpt'}")
+    assert devices == ["meta"]
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:40])
+    devices.clear()
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        create_denoiser(f"dncnn:{tmp_path / 'ckpt'}")
+    assert devices == []
+    built = []
+    monkeypatch.setattr(torchvision.models, "get_model", lambda *a, **k: built.append(a))
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        create_classifier("torchvision:resnet18", weights=None, weights_file=str(weights))
+    assert built == []
 
 
 def test_listing_with_a_pattern_searches_timm_and_torchvision(capsys):
@@ -187,22 +225,53 @@ def test_a_bad_small_cnn_config_is_one_line(tmp_path):
 
 
 # -- checkpoints ------------------------------------------------------------------------------------------------
-def test_a_pickle_is_refused_in_one_line_that_says_why(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
 
-    (tmp_path / "evil.pth").write_bytes(pickle.dumps(Evil(), protocol=2))
+
+class _EvilSystem:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+#: torch's own advice on a pickle (to load it with weights_only off, or allowlist its globals): never ours.
+TORCH_ADVICE = ("Weights only load failed", "Re-running", "In PyTorch 2.6", "arbitrary code", "safe_globals",
+                "allowlist", "allowed global", "two options", "\x1b", "\n")
+
+
+@pytest.mark.parametrize("payload,named", [
+    (lambda f: torch.save(torch.nn.Linear(2, 2), f), "torch.nn.modules.linear.Linear"),  # a pickled module
+    (lambda f: torch.save({"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=0.1)}, f),
+     "argparse.Namespace"),  # a dict holding a non-tensor object beside the tensors
+    (lambda f: f.write_bytes(pickle.dumps(_Evil(), protocol=2)), "print"),
+    (lambda f: torch.save(_EvilSystem(), f), "posix.system" if os.name == "posix" else "nt.system"),
+], ids=["module", "dict-with-object", "print", "os.system"])
+def test_a_pickle_is_answered_in_our_words_not_torchs(tmp_path, payload, named):
+    """Issue 25 item 9: the file is a pickle (of what), we never unpickle, and how to convert it; none of
+    torch's advice to load it with weights_only=False (it leaked whole for a blocked global like os.system)."""
+    payload(tmp_path / "evil.pth")
     create_denoiser("dncnn", in_channels=1, depth=3, features=4).save_pretrained(tmp_path / "ckpt")
     (tmp_path / "ckpt" / "model.safetensors").unlink()
     (tmp_path / "ckpt" / "evil.pth").write_bytes((tmp_path / "evil.pth").read_bytes())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "training_state.pt").write_bytes((tmp_path / "evil.pth").read_bytes())
+    from certify.training import load_training_state
+
     for load in (lambda: read_state_file(tmp_path / "evil.pth"), lambda: create_denoiser(f"dncnn:{tmp_path / 'ckpt'}"),
-                 lambda: create_classifier("torchvision:resnet18", weights=None, weights_file=str(tmp_path / "evil.pth"))):
+                 lambda: create_classifier("torchvision:resnet18", weights=None, weights_file=str(tmp_path / "evil.pth")),
+                 lambda: load_training_state(tmp_path / "run")):
         with pytest.raises(ValueError) as exc:
             load()
-        assert "\n" not in str(exc.value)  # torch's own text is a page that suggests weights_only=False
-        assert "(it holds pickled objects: Unsupported global: GLOBAL print was not an allowed global by default);" \
-            in str(exc.value)
+        message = str(exc.value)
+        if named.endswith(".system"):  # a blocked module: no conversion is offered for a file that runs commands
+            assert f"is a pickle that would call {named} when loaded: it is refused" in message, message
+            assert "weights_only=False" not in message
+        else:
+            assert f"is a pickle (of {named}), not a state dict of tensors; weights are loaded here without " \
+                   f"unpickling. Where you trust the file, convert it once: torch.save(torch.load(" in message, message
+            assert "or save the state dict as safetensors" in message
+        assert not [phrase for phrase in TORCH_ADVICE if phrase in message], message
 
 
 def test_a_torn_transformers_classifier_is_one_line(tmp_path):
@@ -216,6 +285,24 @@ def test_a_torn_transformers_classifier_is_one_line(tmp_path):
     weights.write_bytes(weights.read_bytes()[:200])
     with pytest.raises(ValueError, match=r"could not load a transformers image classifier .*\(SafetensorError: "):
         create_classifier(f"hf:{tmp_path}")  # was a SafetensorError traceback
+
+
+def test_a_pickled_transformers_checkpoint_is_one_line_in_our_words(tmp_path):
+    """Issue 25 item 9 through a library's loader: transformers passes torch's refusal on, whose first line
+    began its advice ('This file can still be loaded, to do so you have two options, ...')."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=8, num_labels=3)
+    ViTForImageClassification(config).save_pretrained(tmp_path)
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError) as exc:
+        create_classifier(f"hf:{tmp_path}")
+    assert "(UnpicklingError: a weights file is a pickle (of torch.nn.modules.linear.Linear), which is never " \
+           "unpickled here; save the weights as safetensors)" in str(exc.value)
+    assert not [phrase for phrase in TORCH_ADVICE if phrase in str(exc.value)]
 
 
 # -- image folders ----------------------------------------------------------------------------------------------

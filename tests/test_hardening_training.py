@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from certify.cli import main
 from certify.launch import requested_processes
 from certify.training import COMMON_DEFAULTS, load_training_config
 from denoisers import create_denoiser
@@ -72,6 +73,62 @@ def test_a_config_pointing_into_the_package_is_refused_unless_named_on_the_comma
         load_training_config(config, DENOISER_DEFAULTS)
     cfg = load_training_config(config, DENOISER_DEFAULTS, {"export_dir": str(tmp_path / "x")})
     assert cfg["export_dir"] == str(tmp_path / "x")
+
+
+SHIPPED = ROOT / "denoisers" / "pretrained" / "dncnn.mnist5k_s025_mse"
+
+
+def _files(folder: Path) -> dict:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("spelling", ["denoisers/pretrained/dncnn.mnist5k_s025_mse",
+                                      "denoisers/pretrained/dncnn.mnist5k_s025_mse/",
+                                      "recipes/../denoisers/./pretrained/dncnn.mnist5k_s025_mse", str(SHIPPED)])
+def test_the_output_dir_flag_never_points_into_a_shipped_model(tmp_path, monkeypatch, capsys, spelling):
+    """Issue 25 item 11: --output-dir overwrote the shipped model with a 5-step one and left training_state.pt
+    and log.jsonl beside it; only --export-dir refreshes shipped weights (and writes no training state)."""
+    monkeypatch.chdir(ROOT)
+    before = _files(SHIPPED)
+    assert main(["train-denoiser", "--config", str(tiny(tmp_path)), "--output-dir", spelling]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dsmooth train-denoiser: error: output_dir {spelling!r} lies inside the installed "
+                          f"package ({ROOT / 'denoisers'})"), err
+    assert f"refreshed with --export-dir {spelling} (weights only)" in err and err.count("\n") == 1
+    assert _files(SHIPPED) == before
+
+
+def test_every_trainer_refuses_a_run_folder_in_the_package_from_a_config_or_the_command_line(tmp_path):
+    from classifiers.training import train_classifier_from_config
+    from denoisers.ddpm_training import train_ddpm_from_config
+
+    minimal = tmp_path / "m.yaml"
+    for train in (train_from_config, train_classifier_from_config, train_ddpm_from_config):
+        for where in ({"output_dir": str(SHIPPED)}, {}):  # the config key, the command line (overrides)
+            minimal.write_text(yaml.safe_dump({"train_dataset": "digits:train", "max_steps": 1, "cpu": True, **where}))
+            with pytest.raises(ValueError, match=r"^output_dir .* lies inside the installed package"):
+                train(str(minimal), overrides={} if where else {"output_dir": str(SHIPPED)})
+
+
+def test_a_symlink_or_a_copy_of_a_shipped_model_is_no_run_folder(tmp_path):
+    import shutil
+
+    (tmp_path / "link").symlink_to(SHIPPED, target_is_directory=True)
+    (tmp_path / "pretrained").symlink_to(SHIPPED.parent, target_is_directory=True)
+    config = tiny(tmp_path)
+    for path in (tmp_path / "link", tmp_path / "pretrained" / SHIPPED.name, tmp_path / "pretrained" / "new"):
+        with pytest.raises(ValueError, match=r"^output_dir .* lies inside the installed package"):
+            load_training_config(config, DENOISER_DEFAULTS, {"output_dir": str(path)})
+    # a source checkout that is not the imported one: its shipped models are known by their bundle.json
+    copy = tmp_path / "checkout" / "denoisers" / "pretrained" / SHIPPED.name
+    shutil.copytree(SHIPPED, copy)
+    for path in (copy, copy / "sub"):
+        with pytest.raises(ValueError, match=rf"^output_dir .* lies in the exported model {copy} \(bundle.json\)"):
+            load_training_config(config, DENOISER_DEFAULTS, {"output_dir": str(path)})
+    # --export-dir may refresh the shipped model on purpose, but an export is never the run folder
+    assert load_training_config(config, DENOISER_DEFAULTS, {"export_dir": str(tmp_path / "link")})["export_dir"]
+    with pytest.raises(ValueError, match="export_dir .* is the run folder"):
+        load_training_config(config, DENOISER_DEFAULTS, {"export_dir": str(tmp_path / "run") + "/"})
 
 
 def test_output_dir_defaults_under_runs(tmp_path):
