@@ -19,8 +19,8 @@ from scipy.stats import norm
 
 from certify.betting import MIXTURES
 from certify.boundary import check_schedule, sequential_test
-from certify.results import write_json
-from certify.settings import SEQUENTIAL_GROWTH, SEQUENTIAL_STEP
+from benchlib import write_json
+from certify.modes import SEQUENTIAL_GROWTH, SEQUENTIAL_STEP
 
 #: rate = p0 + t (q - p0), q the rate Ville's test needs by max_n; None: every draw a hit
 POINTS = {"p0": 0.0, "q": 1.0, "q + (q - p0)": 2.0, "p0 + 4 (q - p0)": 4.0, "1": None}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from certify import Smoothed
-from certify.results import machine_info, write_json
+from benchlib import machine_info, write_json
 from classifiers import create_classifier
 from denoisers import create_denoiser
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from certify import Smoothed
-from certify.results import machine_info, write_json
+from benchlib import machine_info, write_json
 from classifiers import create_classifier
 from denoisers.adm import ADMDenoiser, adm_flags, build_adm
 

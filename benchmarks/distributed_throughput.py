@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from certify.results import machine_info, write_json
+from benchlib import machine_info, write_json
 
 
 def _run(processes: int, threads: int, out: Path, args) -> float:

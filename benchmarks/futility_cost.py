@@ -18,8 +18,8 @@ from scipy.stats import norm
 
 from certify.boundary import check_schedule, sequential_test
 from certify.betting import MIXTURES
-from certify.results import write_json
-from certify.settings import SEQUENTIAL_FUTILITY
+from benchlib import write_json
+from certify.modes.sequential import SEQUENTIAL_FUTILITY
 
 POINTS = {"p0": 0.0, "(p0 + q) / 2": 0.5, "q": 1.0, "q + (q - p0) / 2": 1.5, "q + (q - p0)": 2.0}
 

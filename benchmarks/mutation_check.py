@@ -27,7 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from certify.results import write_json
+from benchlib import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -30,10 +30,10 @@ from tqdm import tqdm
 
 from certify import Smoothed
 from certify.data import create_dataset
-from certify.results import write_json
+from benchlib import write_json
 from certify.sequential import BOUNDARIES, MIXTURES, SELECTIONS, certify_at_many
-from certify.settings import (SEQUENTIAL_BOUNDARY, SEQUENTIAL_FUTILITY, SEQUENTIAL_GROWTH, SEQUENTIAL_SELECTION,
-                              SEQUENTIAL_STEP)
+from certify.modes import SEQUENTIAL_GROWTH, SEQUENTIAL_STEP
+from certify.modes.sequential import SEQUENTIAL_BOUNDARY, SEQUENTIAL_FUTILITY, SEQUENTIAL_SELECTION
 from classifiers import create_classifier
 from denoisers import create_denoiser
 

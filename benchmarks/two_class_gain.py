@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from certify.analysis import load_result
-from certify.results import write_json
+from benchlib import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

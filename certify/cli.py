@@ -11,14 +11,14 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from .errors import ResumableStop
 from .launch import add_training_args, training_overrides
 from .registry import close_matches
-from .settings import (AUTOCAST, BOUNDARIES, MIXTURES, RUN_DEFAULTS, SELECTIONS, SEQUENTIAL_BOUNDARY,
-                       SEQUENTIAL_FUTILITY, SEQUENTIAL_GROWTH, SEQUENTIAL_STEP, RunSettings)
-from .stats import BOUNDS
+from .modes import get_mode, list_modes
+from .schema import FLAG, KEYWORDS, NUMBERS, Option
+from .settings import COMMON_OPTIONS, RUN_DEFAULTS, RunSettings, core_options, schema
 
 log = logging.getLogger("dsmooth")
 
@@ -38,88 +38,73 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message.removeprefix('argument ')} (see {self.prog} --help)\n")
 
 
-def _add_run_args(p: argparse.ArgumentParser, mode: str, required: bool = True) -> None:
-    D = RUN_DEFAULTS  # noqa: N806 - the one place defaults come from
-    p.add_argument("--classifier", required=required, help="classifier spec, e.g. small-cnn.mnist5k or timm:resnet50")
-    p.add_argument("--denoiser", default=D["denoiser"], help=f"denoiser spec (default: {D['denoiser']})")
-    p.add_argument("--classifier-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="keyword for the classifier factory, e.g. pretrained=false or endpoint=URL (repeatable)")
-    p.add_argument("--dataset-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="keyword for the dataset, e.g. size=224 (repeatable)")
-    p.add_argument("--denoiser-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="keyword for the denoiser factory, e.g. num_steps=10 (repeatable)")
-    p.add_argument("--dataset", required=required, help="dataset spec, e.g. mnist5k:test, foolbox:imagenet, hf:DIR")
-    p.add_argument("--sigma", type=float, required=required, help="noise level in [0,1] pixel units")
-    if mode == "certify":
-        p.add_argument("--n0", type=int, default=D["n0"],
-                       help=f"selection samples (default {D['n0']}; none in sequential mode with --selection all)")
-        p.add_argument("--mode", choices=("cohen", "sequential", "anytime"), default="cohen",
-                       help="cohen: fixed n (default); sequential: anytime-valid test at each of --radii, "
-                            "stopping early (n = most samples); anytime: confidence-sequence radius")
-        p.add_argument("--bound", choices=BOUNDS, default=None,
-                       help="cohen/anytime modes: one-class (Cohen's sigma PhiInv(pA_lower), default) or two-class (Theorem 1 "
-                            "with a bound on the runner-up class too, alpha split between them)")
-        p.add_argument("--radii", default=None, help="sequential mode: comma-separated radii to decide")
-        p.add_argument("--step", type=int, default=None,
-                       help=f"sequential/anytime: samples before the first check and at least between two (default "
-                            f"{SEQUENTIAL_STEP}, or --batch if smaller); several images share a batch")
-        p.add_argument("--growth", type=float, default=None,
-                       help=f"sequential/anytime: later checks GROWTH n samples apart, at most --batch (default "
-                            f"{SEQUENTIAL_GROWTH}; 0: every --step samples)")
-        p.add_argument("--boundary", choices=BOUNDARIES, default=None,
-                       help="sequential: exact (later thresholds lowered until the exact chance of a wrong certificate on "
-                            "the schedule is alpha) or ville (ln(1/alpha) at every check). Default "
-                            f"{SEQUENTIAL_BOUNDARY}")
-        p.add_argument("--futility", type=_futility, default=None, metavar="GAMMA",
-                       help="sequential: give up on a radius once, with confidence 1 - GAMMA, its rate is below what "
-                            "the test needs by --n (never a wrong certificate; at most GAMMA of power lost where --n "
-                            f"suffices, about 1 point at the default). Default {SEQUENTIAL_FUTILITY}; 'off' turns it off")
-        p.add_argument("--selection", choices=SELECTIONS, default=None,
-                       help="sequential: the class to test: all (every class on the same samples, no selection draws; "
-                            "about 1e-4 of alpha for the union, default) or argmax (Cohen's, the most frequent of --n0 draws)")
-        p.add_argument("--mixture", choices=MIXTURES, default=None,
-                       help="sequential: the betting test's prior, over all rates (two-sided, default) or only "
-                            "the alternative (one-sided: fewer samples, same guarantee)")
-    if mode == "attack":
-        from .attack import ATTACK_DEFAULTS as A  # noqa: N812
+def _converter(option: Option):
+    """How argparse reads an option's text: int and float as they are (the parser says "a number"), other
+    readers' own ValueError message as the one line."""
+    if option.kind in (int, float, str):
+        return option.kind
 
-        p.add_argument("--eps", required=True, help="comma-separated L2 radii to attack, ascending, e.g. 0.25,0.5,1")
-        p.add_argument("--steps", type=int, default=None, help=f"PGD steps (default {A['steps']})")
-        p.add_argument("--step-size", type=float, default=None, help="L2 step length (default 2 eps / steps)")
-        p.add_argument("--m", type=int, default=None, help=f"noise draws per gradient estimate (default {A['m']})")
-        p.add_argument("--restarts", type=int, default=None,
-                       help=f"starts per radius, the first at x, the others random in the ball (default {A['restarts']})")
-    p.add_argument("--n", type=int, default=D["n"],
-                   help=f"{'PREDICT samples at each point' if mode == 'attack' else 'estimation samples'} (default {D['n']:,})")
-    p.add_argument("--alpha", type=float, default=D["alpha"], help=f"failure probability (default {D['alpha']})")
-    p.add_argument("--batch", type=_batch_size, default=D["batch"],
-                   help=f"noise samples per forward pass (default {D['batch']}), or 'auto': the largest that fits, "
-                        f"probed once")
-    p.add_argument("--skip", type=int, default=D["skip"], help=f"certify every SKIP-th image (default {D['skip']})")
-    p.add_argument("--max", type=int, default=None, help="stop before this dataset index (as in Cohen's code)")
-    p.add_argument("--seed", type=int, default=D["seed"], help="run seed; each image's streams derive from (seed, index)")
+    def read(text: str):
+        try:
+            return option.kind(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    read.__name__ = option.name
+    return read
+
+
+def _add_option(group, option: Option, required: bool = False) -> None:
+    """One schema entry as a flag: a switch, comma-separated numbers, repeated KEY=VALUE, or a value."""
+    default = RUN_DEFAULTS.get(option.name)
+    help_text = option.help + (f" (default {default:,})" if isinstance(default, int) and not isinstance(default, bool)
+                               else f" (default {default})" if default is not None else "")
+    help_text = help_text.replace("%", "%%")
+    if option.kind == FLAG:
+        group.add_argument(option.flag, dest=option.name, action="store_true", help=help_text)
+    elif option.kind == KEYWORDS:
+        group.add_argument(option.flag, dest=option.name, action="append", default=[], metavar=option.metavar or "KEY=VALUE",
+                           help=help_text)
+    else:
+        kind = str if option.kind == NUMBERS else _converter(option)
+        metavar = option.metavar or (None if option.choices else option.flag.lstrip("-").replace("-", "_").upper())
+        group.add_argument(option.flag, dest=option.name, type=kind, choices=option.choices, required=required,
+                           default=None, metavar=metavar, help=help_text)
+
+
+def _add_run_args(p: argparse.ArgumentParser, modes: Sequence[str], required: bool = True) -> None:
+    """The run flags, from the schema (`certify.settings.schema`): the core fields, the common options, then each
+    mode's own, under its name; ``modes`` are the modes this command runs (a --mode flag when several)."""
+    core = {o.name: o for o in core_options()}
+    for name in ("classifier", "denoiser", "dataset", "sigma"):
+        _add_option(p, core[name], required=required and name != "denoiser")
+    if len(modes) > 1:
+        p.add_argument("--mode", default="certify", choices=[*modes, "cohen"], metavar="MODE",
+                       help="; ".join(f"{m}: {get_mode(m).summary}" for m in modes) + " (cohen = certify; default certify)")
+    if any(get_mode(m).uses_n0 for m in modes):
+        _add_option(p, core["n0"])
+    for name in ("n", "alpha", "batch", "skip", "max", "seed"):
+        _add_option(p, core[name])
+    for option in COMMON_OPTIONS:
+        _add_option(p, option)
+    takers: dict[str, list[str]] = {}  # option -> the modes that take it, each option under those modes' names
+    for m in modes:
+        for option in get_mode(m).options:
+            takers.setdefault(option.name, []).append(m)
+    groups: dict[tuple[str, ...], list[Option]] = {}
+    for name, owners in takers.items():
+        groups.setdefault(tuple(owners), []).append(schema()[name])
+    for owners, options in groups.items():
+        group = p.add_argument_group(f"{', '.join(owners)} mode{'s' if len(owners) > 1 else ''}") if len(modes) > 1 else p
+        for option in options:
+            _add_option(group, option)
     p.add_argument("--out", required=required, help="result TSV (resumed if it exists with the same settings)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--autocast", choices=AUTOCAST, default=None,
-                   help="run the networks in lower precision (noise stays fp32); GPU only")
-    p.add_argument("--channels-last", action="store_true", help="NHWC memory format for the networks and batches")
-    p.add_argument("--compile", action="store_true", help="run classifier o denoiser through torch.compile")
     p.add_argument("--quiet", action="store_true", help="no progress bars, and only errors from the libraries")
     api = p.add_argument_group("remote classifiers (remote:google|azure|aws|clarifai|http)")
-    api.add_argument("--label-from-api", action="store_true",
-                     help="ground truth = the API's top label on the clean image (as Salman et al.)")
     api.add_argument("--api-cache", default=None, help="answer cache folder (default: OUT stem + .api-cache)")
     api.add_argument("--query-budget", type=int, default=None, help="send at most this many HTTP requests (retries count)")
     api.add_argument("--api-concurrency", type=int, default=None, help="requests in flight at once")
-
-
-def _batch_size(text: str) -> int | str:
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive int or 'auto', got {text!r}") from None
 
 
 def _version() -> str:
@@ -141,16 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=("denoisers", "classifiers", "datasets"))
     p.add_argument("pattern", nargs="?", default="*", help="wildcard pattern (default *)")
 
-    for mode, text in (("certify", "certify a smoothed classifier over a dataset (Cohen's CERTIFY)"),
-                       ("predict", "smoothed predictions over a dataset (Cohen's PREDICT)"),
-                       ("attack", "attack the smoothed classifier (SmoothAdv PGD through f o D), then PREDICT at "
-                                  "each adversarial point: empirical robust accuracy per radius")):
-        _add_run_args(sub.add_parser(mode, help=text, description=text), mode)
+    modes = sorted(list_modes(), key=lambda m: (m != "certify", m))  # Cohen's first
+    for command, text in (("certify", "certify a smoothed classifier over a dataset (Cohen's CERTIFY by default, or "
+                                      "another --mode)"),
+                          ("predict", get_mode("predict").summary), ("attack", get_mode("attack").summary)):
+        _add_run_args(sub.add_parser(command, help=text, description=text),
+                      [m for m in modes if m not in ("predict", "attack")] if command == "certify" else [command])
     text = ("list every missing weight, dataset and package of a run (the flags of certify) or of a compare "
             "config, each with what fixes it; exit 1 if anything is missing")
     p = sub.add_parser("check", help="what a run or compare config lacks, before running it", description=text)
     p.add_argument("--config", default=None, help="a compare YAML (see recipes/configs/) instead of run flags")
-    _add_run_args(p, "certify", required=False)
+    _add_run_args(p, modes, required=False)
 
     p = sub.add_parser("analyze", help="certified-accuracy tables and curves from result TSVs")
     p.add_argument("files", nargs="+", help="result TSVs")
@@ -187,16 +173,6 @@ def _parse_floats(text: str | None, what: str) -> list[float] | None:
         return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
-
-
-def _futility(text: str) -> float | str:
-    """--futility: a level gamma, or 'off' (the range is checked with the other settings)."""
-    if text.strip().lower() == "off":
-        return "off"
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability in (0, 1) or 'off', got {text!r}") from None
 
 
 def _parse_kwargs(pairs: Sequence[str], flag: str) -> dict:
@@ -239,28 +215,27 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def run_settings(args: argparse.Namespace) -> tuple[RunSettings, dict]:
-    """The run settings and the remote classifier's runtime options that the run flags give."""
+    """The run settings and the remote classifier's runtime options that the run flags give (each flag is a
+    schema entry; a flag left out leaves its setting to the defaults)."""
     mode = args.command if args.command in ("predict", "attack") else {"cohen": "certify"}.get(args.mode, args.mode)
-    flags = {"step": "step", "growth": "growth", "boundary": "boundary", "mixture": "mixture", "futility": "futility",
-             "selection": "selection", "bound": "bound", "attack_steps": "steps", "attack_step_size": "step_size",
-             "attack_m": "m", "attack_restarts": "restarts"}  # option: flag (those of the mode; None when not given)
-    sequential = {k: v for k, v in [("radii", _parse_floats(getattr(args, "radii", None), "--radii")),
-                                    ("eps", _parse_floats(getattr(args, "eps", None), "--eps")),
-                                    *((k, getattr(args, flag, None)) for k, flag in flags.items())] if v is not None}
-    settings = RunSettings(
-        classifier=args.classifier, denoiser=args.denoiser, dataset=args.dataset, sigma=args.sigma,
-        mode=mode, n0=getattr(args, "n0", 1), n=args.n, alpha=args.alpha, batch=args.batch,
-        skip=args.skip, max=args.max, seed=args.seed,
-        options={k: v for k, v in (("autocast", args.autocast), ("label_from_api", args.label_from_api),
-                                   ("channels_last", args.channels_last), ("compile", args.compile),
-                                   ("classifier_kwargs", _parse_kwargs(args.classifier_arg, "--classifier-arg")),
-                                   ("denoiser_kwargs", _parse_kwargs(args.denoiser_arg, "--denoiser-arg")),
-                                   ("dataset_kwargs", _parse_kwargs(args.dataset_arg, "--dataset-arg"))) if v}
-        | sequential,
-    )
+    values: dict[str, Any] = {}
+    for option in schema().values():
+        value = getattr(args, option.name, None)
+        if option.kind == NUMBERS and value is not None:
+            value = _parse_floats(value, option.flag)
+        elif option.kind == KEYWORDS:
+            value = _parse_kwargs(value or [], option.flag)
+        if not (value is None or value is False or (isinstance(value, (list, dict)) and not value)):  # not given
+            values[option.name] = value
+    values["mode"] = mode
+    if not get_mode(mode).uses_n0:
+        values.setdefault("n0", 1)  # a setting these modes never use, recorded as before
+    core = {o.name for o in core_options()}
+    settings = RunSettings(**{k: v for k, v in values.items() if k in core},
+                           options={k: v for k, v in values.items() if k not in core})
     runtime = {k: v for k, v in (("cache_dir", args.api_cache), ("budget", args.query_budget),
                                  ("concurrency", args.api_concurrency)) if v is not None}
-    if runtime and not args.classifier.startswith("remote:"):
+    if runtime and not (args.classifier or "").startswith("remote:"):
         raise ValueError(f"--api-cache, --query-budget and --api-concurrency need a remote classifier, got {args.classifier!r}")
     return settings, runtime
 
@@ -318,7 +293,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .preflight import config_runs, report
+    from .compare import config_runs
+    from .preflight import report
 
     flags = [f"--{k}" for k in ("classifier", "dataset", "sigma") if getattr(args, k) is not None]
     if args.config is not None and flags:

@@ -13,10 +13,11 @@ from typing import Any, Callable
 import torch
 
 from .launch import warn_if_launch_ran_one_process
+from .registry import split_spec
+from .runs import run_certification
 from .settings import RunSettings
-from .smoothing import Smoothed
+from .smoothing import PRECISIONS, Smoothed
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -53,7 +54,7 @@ def build_smoothed(settings: RunSettings, device: str | None = None,
     kwargs = {**settings.options.classifier_kwargs, **(runtime_kwargs or {})}
     classifier = create_classifier(settings.classifier, **kwargs).eval().to(dev)
     denoiser = create_denoiser(settings.denoiser, **settings.options.denoiser_kwargs).eval().to(dev)
-    return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=AUTOCAST_DTYPES[settings.options.autocast],
+    return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=PRECISIONS.get(settings.options.autocast),
                     channels_last=settings.options.channels_last, compile=settings.options.compile)
 
 
@@ -86,7 +87,6 @@ def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str |
     from .data import create_dataset, map_folder_labels
     from .libraries import quiet_libraries
     from .preflight import require_ready
-    from .runs import run_certification
 
     settings.validate()
     if quiet:
@@ -94,12 +94,16 @@ def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str |
     require_ready([(None, settings)])  # every missing file, dataset or package at once, before loading any
     rank, world_size, barrier, dev = distributed_context(device)
     runtime_kwargs = dict(runtime_kwargs or {})
-    if settings.classifier.startswith("remote:"):
-        # Every answer is cached beside the results: a resumed or repeated run re-sends nothing.
-        runtime_kwargs.setdefault("cache_dir", str(Path(out).with_suffix(".api-cache")))
-    elif settings.options.label_from_api:
-        raise ValueError(f"label_from_api needs a remote classifier, got {settings.classifier!r}")
+    from classifiers import CLASSIFIERS
+
+    folder = getattr(CLASSIFIERS.entry(split_spec(settings.classifier)[0]).factory, "run_folder", None)
+    if folder is not None:  # e.g. a remote API's answer cache beside the results: a resumed run re-sends nothing
+        option, suffix = folder
+        runtime_kwargs.setdefault(option, str(Path(out).with_suffix(suffix)))
     smoothed = build_smoothed(settings, device=str(dev), runtime_kwargs=runtime_kwargs)
+    if settings.options.label_from_api and not hasattr(smoothed.classifier, "clean_label"):
+        raise ValueError(f"label_from_api needs a classifier that labels clean images itself (a remote API), got "
+                         f"{settings.classifier!r}")
     try:
         dataset = create_dataset(settings.dataset, **settings.options.dataset_kwargs)
         if not settings.options.label_from_api:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .analysis import RunResult, pair
+from .outcomes import RunResult, pair
 from .results import write_atomic
 
 

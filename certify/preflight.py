@@ -75,14 +75,6 @@ def describe(problems: Sequence[str], from_config: bool) -> str:
     return "\n".join([f"{count}, nothing loaded:", *(f"  {p}" for p in problems), f"  ({how})"])
 
 
-def config_runs(path: str) -> list[tuple[int, RunSettings]]:
-    """``(pipeline index, settings)`` of every run a compare config names, as ``dsmooth compare`` runs them."""
-    from .compare import compare_runs, load_compare_config
-
-    config = load_compare_config(path)
-    return [(config["pipelines"].index(pipe), settings) for _, settings, pipe in compare_runs(config)]
-
-
 def report(runs: Sequence[tuple[int | None, RunSettings]]) -> int:
     """``dsmooth check``: print the problems of ``runs`` (or ``ok``); the exit code, 1 if anything is missing."""
     problems = run_problems(runs)

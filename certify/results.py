@@ -13,6 +13,7 @@ holds an exclusive lock on its output for as long as it writes.
 
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
 import json
@@ -75,36 +76,6 @@ def write_atomic(path: Path, text: str | bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def write_json(path: str | os.PathLike, data: dict[str, Any], echo: bool = False) -> Path:
-    """``data`` as indented JSON at ``path`` (folders made, written atomically); ``echo`` prints it too.
-
-    >>> import tempfile
-    >>> write_json(tempfile.mkdtemp() + "/r/x.json", {"a": 1}).read_text()
-    '{\\n  "a": 1\\n}\\n'
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2) + "\n"
-    write_atomic(path, text)
-    if echo:
-        print(text, end="")
-    return path
-
-
-def machine_info(device: Any = "cpu") -> dict[str, Any]:
-    """Where a measurement ran: CPU, cores, torch threads and version, the device (and its GPU's name)."""
-    import platform
-
-    import torch
-
-    device = torch.device(device)
-    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def open_append(path: Path):
@@ -261,6 +232,13 @@ def read_results(path: Path, columns: Sequence[str], allowed: Iterable[int] | No
             continue
         rows[int(fields[0])] = fields
     return rows, problems
+
+
+def read_table(path: Path) -> list[dict[str, str]]:
+    """Every line of a TSV with a header (ours, or another tool's such as Cohen's) as {column: text}, no quoting:
+    a cell is what lies between two tabs. Reports read through this; a run's own resume uses `read_results`."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
 def repair(path: Path, columns: Sequence[str], allowed: Iterable[int],

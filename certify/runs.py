@@ -1,10 +1,13 @@
-"""A certification run over a dataset: one TSV line per image, flushed as written, resumable.
+"""A certification run over a dataset: one TSV line per image, flushed as written, resumable. It knows no mode.
 
-The TSV starts with Cohen et al.'s columns ``idx label predict radius correct time`` (radius at full
-precision, correct as 0/1) so their analysis scripts read it unchanged; extra columns follow. A JSON
-manifest beside it records the settings, package versions and times. A run started again with the
-same settings skips the images already in the file (or in the per-process shards of a distributed
-run); with different settings it refuses and names the setting that differs.
+The run loop reads the dataset, resumes, locks the output, shards the images across processes and hands the
+run's mode (`certify.modes`) the images still to do, as a stream: the mode packs them so that several images
+share each forward pass, and yields each result as its image finishes; its line is written at once (a kill
+loses only the images in flight). A JSON manifest beside the TSV records the settings, package versions and
+times. A run started again with the same settings skips the images already in the file (or in the
+per-process shards of a distributed run), after checking every line read back against itself and the
+settings; with different settings it refuses and names the setting that differs. At the end the file is
+rewritten in index order.
 """
 
 from __future__ import annotations
@@ -13,25 +16,23 @@ import errno
 import logging
 import os
 import sys
-import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-# The pipeline a run's settings name is assembled in certify.pipeline; its names stay importable from here.
-from .pipeline import build_smoothed, certify_dataset, default_device, distributed_context
+from .modes import Mode, check_line
 from .redact import redact
-from .lines import check_line
 from .results import (OutputLock, escape_cell, file_columns, format_rows, manifest_path, open_append, read_manifest,
                       read_results, refuse_links, repair, shard_paths, write_atomic, write_manifest)
 from .settings import RunSettings, package_versions
 from .smoothing import ABSTAIN, Smoothed
 
 log = logging.getLogger(__name__)
+
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -54,40 +55,26 @@ def _check_resume(out: Path, settings: RunSettings) -> dict[str, Any] | None:
     return manifest
 
 
-def _format_line(mode: str, idx: int, label: int, result: Any, seconds: float, source: str | None = None) -> str:
-    """One TSV line; ``correct`` only when the label is known (>= 0) and g did not abstain; ``source`` (escaped)
-    last when the file has that column."""
-    correct = int(result.prediction == label and label >= 0 and result.prediction != ABSTAIN)
-    if mode == "predict":
-        values = (idx, label, result.prediction, correct, f"{seconds:.4f}", result.nA, result.nB, result.n)
-    elif mode == "attack":
-        values = (idx, label, result.prediction, correct, f"{seconds:.4f}", ",".join(repr(e) for e in result.eps),
-                  ",".join(str(p) for p in result.adversarial), result.n)
-    else:
-        c = result
-        values = (idx, label, c.prediction, repr(float(c.radius)), correct,
-                  f"{seconds:.4f}", repr(float(c.pA_lower)), c.nA, c.n, c.n0)
-        if mode == "sequential":
-            values += (",".join(str(int(v)) for v in c.certified),)
-        if getattr(c, "pB_upper", None) is not None:
-            values += (repr(float(c.pB_upper)),)
-    if source is not None:
-        values += (escape_cell(source),)
-    return "\t".join(str(v) for v in values) + "\n"
-
-
 def image_source(dataset: Any, idx: int) -> str:
     """Where image ``idx`` came from (a dataset's ``source(i)``: a file path or a dataset id), else its index."""
     source = getattr(dataset, "source", None)
     return str(source(idx)) if callable(source) else f"#{idx}"
 
 
-def _line_check(settings: RunSettings, dataset: Any, columns: Sequence[str]) -> Callable[[dict[str, str]], str | None]:
-    """A resumed line must follow from itself and the settings (`certify.lines`) and name this dataset's image."""
-    record = settings.record()
-    targets = None if settings.options.label_from_api else getattr(dataset, "targets", None)
-    if targets is None and not settings.options.label_from_api and isinstance(dataset, (list, tuple)):
+def _labels(dataset: Any, settings: RunSettings) -> Sequence[int] | None:
+    """The dataset's labels when they are known without loading images (None with --label-from-api)."""
+    if settings.options.label_from_api:
+        return None
+    targets = getattr(dataset, "targets", None)
+    if targets is None and isinstance(dataset, (list, tuple)):
         targets = [label for _, label in dataset]
+    return targets
+
+
+def _line_check(settings: RunSettings, dataset: Any, columns: Sequence[str]) -> Callable[[dict[str, str]], str | None]:
+    """A resumed line must follow from itself and the settings (`certify.modes.check_line`) and name this
+    dataset's image (its label, and its source where the file records one)."""
+    record, targets = settings.record(), _labels(dataset, settings)
 
     def check(row: dict[str, str]) -> str | None:
         problem = check_line(row, record)
@@ -102,16 +89,12 @@ def _line_check(settings: RunSettings, dataset: Any, columns: Sequence[str]) -> 
     return check
 
 
-def _check_labels(dataset, indices: Sequence[int], num_classes: int, name: str, known: bool = False) -> None:
-    """Refuse labels the classifier cannot output (before anything is written); ``known``: refuse -1 too."""
-    targets = getattr(dataset, "targets", None)
-    if targets is None:
-        return
-    for i in indices:
-        if known and int(targets[i]) < 0:
-            raise ValueError(f"image {i} of {name} has no label (-1): an attack needs the true class to attack")
+def _check_labels(dataset, indices: Sequence[int], num_classes: int, settings: RunSettings) -> None:
+    """Refuse labels the classifier cannot output (before anything is written)."""
+    targets = _labels(dataset, settings)
+    for i in indices if targets is not None else ():
         if int(targets[i]) >= num_classes:
-            raise ValueError(f"image {i} of {name} has label {int(targets[i])}, but the classifier has "
+            raise ValueError(f"image {i} of {settings.dataset} has label {int(targets[i])}, but the classifier has "
                              f"{num_classes} classes (0..{num_classes - 1}): the dataset's labels do not match it")
 
 
@@ -136,7 +119,7 @@ def run_certification(
     barrier: Callable[[], None] = lambda: None,
     extra_manifest: dict[str, Any] | None = None,
 ) -> Path:
-    """Certify (or predict) every selected image of ``dataset`` into ``out`` (TSV) and its manifest.
+    """Certify every selected image of ``dataset`` into ``out`` (TSV) and its manifest, in the settings' mode.
 
     With ``world_size > 1`` each rank takes every ``world_size``-th remaining image into its own
     shard ``out.part-RANK``; rank 0 merges all shards into ``out`` ordered by index at the end.
@@ -157,15 +140,13 @@ def run_certification(
         raise ValueError(f"--out must name a .tsv file, got {str(out)!r}")
     refuse_links(out, manifest_path(out))
     indices = settings.indices(len(dataset))
-    if settings.mode == "attack":
-        from .attack import check_attackable
-
-        check_attackable(smoothed)
-    if not settings.options.label_from_api:
-        _check_labels(dataset, indices, smoothed.num_classes, settings.dataset, known=settings.mode == "attack")
+    mode = settings.run_mode
+    _check_labels(dataset, indices, smoothed.num_classes, settings)
+    mode.prepare(smoothed, dataset, indices, settings)
     check_size = getattr(smoothed.denoiser, "check_image_size", None)  # a diffusion model's resolution
     if check_size is not None and indices:
         check_size(tuple(dataset[indices[0]][0].shape))
+    settings = resolve_batch(smoothed, dataset, settings, out, world_size)
     lock = OutputLock(out) if rank == 0 else None
     try:
         if lock is not None:
@@ -177,7 +158,7 @@ def run_certification(
     if busy:
         raise ValueError(busy)
     try:
-        return _run_locked(smoothed, dataset, settings, out, indices, quiet, rank, world_size, barrier,
+        return _run_locked(smoothed, dataset, settings, mode, out, indices, quiet, rank, world_size, barrier,
                            extra_manifest)
     except OSError as exc:
         raise _os_error(exc, out) from exc
@@ -195,9 +176,21 @@ def _from_rank0(value: Any, world_size: int) -> Any:
     return gather_object([value])[0]
 
 
-def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, indices: list[int], quiet: bool,
-                rank: int, world_size: int, barrier: Callable[[], None], extra_manifest: dict[str, Any] | None) -> Path:
-    settings = _resolve_batch(smoothed, dataset, settings, out, world_size)
+def _items(smoothed: Smoothed, dataset, settings: RunSettings, indices: Sequence[int],
+           labels: dict[int, int]) -> Iterator[tuple[int, Any, int]]:
+    """(idx, image, label) for each image to do, loaded as the mode asks for it; ``labels`` keeps each
+    position's label until its result arrives."""
+    for position, idx in enumerate(indices):
+        x, label = dataset[idx]
+        if settings.options.label_from_api:
+            label = smoothed.classifier.clean_label(x)  # ground truth: the API's top label on the clean image
+        labels[position] = int(label)
+        yield idx, x, int(label)
+
+
+def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, mode: Mode, out: Path, indices: list[int],
+                quiet: bool, rank: int, world_size: int, barrier: Callable[[], None],
+                extra_manifest: dict[str, Any] | None) -> Path:
     previous = _check_resume(out, settings)
     columns = _resumed_columns(out, settings.columns)
     check = _line_check(settings, dataset, columns)
@@ -226,27 +219,25 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, i
     mine = todo[rank::world_size]
     target = out if world_size == 1 else out.with_name(f"{out.name}.part-{rank:03d}")
     new_file = not target.exists() or target.stat().st_size == 0
-    written = 0
-    at = columns.index("correct")
-    correct = sum(int(r[at]) for r in done.values())
-    seen = len(done)
+    written, seen = 0, len(done)
+    correct = sum(int(r[columns.index("correct")]) for r in done.values())
     try:
         with open_append(target) as fh:
             if new_file:
                 fh.write("\t".join(columns) + "\n")
-            bar = tqdm(mine, disable=quiet or rank != 0, desc=f"{settings.mode} sigma={settings.sigma}", unit="img")
-            for idx in bar:
-                x, label = dataset[idx]
-                start = time.perf_counter()
-                if settings.options.label_from_api:
-                    label = smoothed.classifier.clean_label(x)  # ground truth: the API's top label on the clean image
-                result = _certify_one(smoothed, settings, x, int(label), idx)
-                source = image_source(dataset, idx) if "source" in columns else None
-                fh.write(_format_line(settings.mode, idx, int(label), result, time.perf_counter() - start, source))
-                written += 1
-                seen += 1
-                correct += int(result.prediction == int(label) and int(label) >= 0 and result.prediction != ABSTAIN)
+            bar = tqdm(total=len(mine), disable=quiet or rank != 0, desc=f"{settings.mode} sigma={settings.sigma}",
+                       unit="img")
+            labels: dict[int, int] = {}
+            for position, result, seconds in mode.stream(smoothed, _items(smoothed, dataset, settings, mine, labels),
+                                                         settings):
+                idx, label = mine[position], labels.pop(position)
+                source = escape_cell(image_source(dataset, idx)) if "source" in columns else ""
+                fh.write(mode.line(columns, idx, label, result, seconds, source))
+                written, seen = written + 1, seen + 1
+                correct += int(result.prediction == label and label >= 0 and result.prediction != ABSTAIN)
+                bar.update()
                 bar.set_postfix(acc=f"{correct / seen:.3f}")
+            bar.close()
     except BaseException:
         if not existed and rank == 0 and written == 0 and world_size == 1:
             out.unlink(missing_ok=True)  # nothing half-written: no result file for a run that produced nothing
@@ -271,60 +262,28 @@ def _resumed_columns(out: Path, columns: tuple[str, ...]) -> tuple[str, ...]:
     return columns
 
 
-def _resolve_batch(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, world_size: int) -> RunSettings:
-    """``batch="auto"``: the batch this run started with (from its manifest), else probe the largest
-    that fits; with several processes all take the smallest, so every image sees the same batches."""
+def resolve_batch(smoothed: Smoothed, dataset, settings: RunSettings, out: Path, world_size: int) -> RunSettings:
+    """``batch="auto"`` resolved before anything is recorded: the batch this run started with (from its manifest),
+    else the largest that fits (probed once; with several processes all take the smallest, so every image sees
+    the same batches); then the mode's defaults that depend on it are filled in."""
     if settings.batch != "auto":
         return settings
-    options = replace(settings.options, batch="auto")
     old = (read_manifest(out) or {}).get("settings", {})
     if old.get("options", {}).get("batch") == "auto" and isinstance(old.get("batch"), int):
-        return replace(settings, batch=old["batch"], options=options)
-    limit = max(settings.n0, settings.n) if settings.mode == "certify" else settings.n
-    batch = smoothed.find_batch_size(tuple(dataset[0][0].shape), limit=limit)
-    if world_size > 1:
-        from accelerate.utils import gather_object
+        batch = old["batch"]
+    else:
+        limit = max(settings.n0 if settings.run_mode.uses_n0 else 1, settings.n)
+        batch = smoothed.find_batch_size(tuple(dataset[0][0].shape), limit=limit)
+        if world_size > 1:
+            from accelerate.utils import gather_object
 
-        batch = min(gather_object([batch]))
-    step = settings.options.step
-    if step is not None and step > batch:
-        raise ValueError(f"--batch auto found room for {batch} samples per batch only, less than the {step} samples "
-                         f"between checks (--step); pass --step {batch} or less")
-    return replace(settings, batch=batch, options=options)
-
-
-def _certify_one(smoothed: Smoothed, s: RunSettings, x: torch.Tensor, label: int, idx: int) -> Any:
-    """One image, in the run's mode (the sequential tests live in certify.sequential, the attack in certify.attack)."""
-    if s.mode == "certify":
-        return smoothed.certify_full(x, s.n0, s.n, s.alpha, s.batch, seed=s.seed, index=idx,
-                                     bound=s.options.bound or "one-class")
-    if s.mode == "predict":
-        return smoothed.predict_full(x, s.n, s.alpha, s.batch, seed=s.seed, index=idx)
-    if s.mode == "attack":
-        from .attack import attack_full
-
-        o = s.options
-        return attack_full(smoothed, x, label, o.eps, s.n, s.alpha, s.batch, seed=s.seed, index=idx,
-                           steps=o.attack_steps, step_size=o.attack_step_size, m=o.attack_m,
-                           restarts=o.attack_restarts)
-    from . import sequential
-
-    o = s.options
-    schedule = dict(step=o.step, growth=o.growth or 0.0)
-    if s.mode == "sequential":
-        return sequential.certify_at(smoothed, x, sorted(o.radii), s.alpha, max_n=s.n, batch_size=s.batch,
-                                     seed=s.seed, index=idx, n0=s.n0, mixture=o.mixture or "two-sided",
-                                     futility=None if o.futility == "off" else o.futility,
-                                     boundary=o.boundary or "ville", selection=o.selection or "argmax", **schedule)
-    return sequential.certify_anytime(smoothed, x, s.alpha, max_n=s.n, batch_size=s.batch, seed=s.seed, index=idx,
-                                      n0=s.n0, bound=o.bound or "one-class", **schedule)
+            batch = min(gather_object([batch]))
+    return replace(settings, batch=batch, options=settings.options.replace(batch="auto")).validate()
 
 
 def _merge(out: Path, columns: Sequence[str], allowed: set[int]) -> None:
     """Fold the shards (if any) into ``out``, one line per index, ordered by index, atomically."""
     shards = shard_paths(out)
-    if not shards:
-        return
     rows: dict[int, list[str]] = {}
     for path in [out, *shards]:
         rows.update(read_results(path, columns, allowed)[0])
@@ -333,7 +292,4 @@ def _merge(out: Path, columns: Sequence[str], allowed: set[int]) -> None:
         path.unlink()
 
 
-
-
-__all__ = ["RunSettings", "build_smoothed", "certify_dataset", "default_device", "distributed_context",
-           "package_versions", "run_certification"]
+__all__ = ["image_source", "resolve_batch", "run_certification"]

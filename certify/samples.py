@@ -150,7 +150,7 @@ def sources(res: Any, shown: Sequence[int]) -> list[str] | None:
 
 
 def samples_from_manifests(results: Sequence[Any], path: str | Path, device: str | None = None) -> Path | None:
-    """`write_samples` for loaded runs (`certify.analysis.RunResult`), each pipeline rebuilt from the
+    """`write_samples` for loaded runs (`certify.outcomes.RunResult`), each pipeline rebuilt from the
     settings in its manifest; runs without one (Cohen's files) are left out with a warning."""
     runs = []
     for res in results:

@@ -12,6 +12,7 @@ batch size or on which images shared a batch.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from scipy.stats import norm
 from .betting import (MIXTURES, anytime_radius, log_martingale, log_martingale_one_sided, lower_confidence_bound,
                       upper_confidence_bound)
 from .boundary import BOUNDARIES, SequentialTest, check_schedule, sequential_test
-from .packing import run_packed
+from .packing import in_order, run_packed
 from .selection import SELECTIONS, every_class_tests, selection_gap, selection_settled
 from .smoothing import ABSTAIN, Certificate, Smoothed
 from .stats import BOUNDS, check_alpha, radius_from_p, two_class_levels, two_class_radius
@@ -85,9 +86,12 @@ class _Job:
     Each chunk asks for the fewest draws that could settle it.
     """
 
+    wants_counts = True  # it decides at each check, on the host
+
     def __init__(self, smoothed: Smoothed, x: torch.Tensor, index: int, seed: int, n0: int,
-                 checks: Sequence[int], max_step: int, select: bool = True) -> None:
-        self.x, self.index, self.n0, self.checks, self.max_step = x, index, n0, checks, max_step
+                 checks: Sequence[int], max_step: int, select: bool = True, tag: int = 0) -> None:
+        self.x, self.index, self.n0, self.checks, self.max_step, self.tag = x, index, n0, checks, max_step, tag
+        self.seconds = 0.0
         self.max_n = checks[-1]
         self.sel_gen = smoothed.generator(seed, index, "selection")
         self.test_gen = smoothed.generator(seed, index, "sequential")
@@ -108,7 +112,7 @@ class _Job:
             return self.sel_gen, min(self.max_step, selection_gap(self.sel_counts, self.n0 - self.sel_drawn))
         return self.test_gen, self.checks[self.k] - self.n
 
-    def observe(self, counts: np.ndarray, size: int) -> None:
+    def observe(self, counts: np.ndarray, size: int, bad: torch.Tensor) -> None:
         if self.selecting:
             self.sel_counts += counts
             self.sel_drawn += size
@@ -221,9 +225,10 @@ def _schedule(smoothed: Smoothed, alpha: float, max_n: int, batch_size: int, n0:
 
 
 def _indexed(smoothed: Smoothed, images: Iterable[torch.Tensor], indices: Iterable[int] | None):
-    indices = indices if indices is not None else range(10**18)
-    for index, x in zip(indices, images):
-        yield index, smoothed.check_input(x)
+    """(position, stream index, checked image) for each image; the indices default to the positions."""
+    indices = indices if indices is not None else itertools.count()
+    for k, (index, x) in enumerate(zip(indices, images)):
+        yield k, index, smoothed.check_input(x)
 
 
 def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: float | Sequence[float],
@@ -232,7 +237,20 @@ def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: 
                     abstain_alpha: float | None = None, mixture: str = "two-sided",
                     futility: float | None = None, growth: float = 0.0, max_step: int | None = None,
                     boundary: str = "ville", selection: str = "argmax") -> Iterator[GridCertificate]:
-    """:func:`certify_at` for a stream of images, several per batch; yields results in input order.
+    """:func:`certify_at` for a stream of images, several per batch; yields results in input order
+    (:func:`certify_at_stream` yields them as images finish)."""
+    yield from in_order(certify_at_stream(smoothed, images, radius, alpha, max_n, batch_size, seed, indices, n0, step,
+                                          abstain_alpha, mixture, futility, growth, max_step, boundary, selection))
+
+
+def certify_at_stream(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: float | Sequence[float],
+                      alpha: float, max_n: int, batch_size: int, seed: int = 0,
+                      indices: Iterable[int] | None = None, n0: int = 100, step: int | None = None,
+                      abstain_alpha: float | None = None, mixture: str = "two-sided",
+                      futility: float | None = None, growth: float = 0.0, max_step: int | None = None,
+                      boundary: str = "ville", selection: str = "argmax") -> Iterator[tuple[int, GridCertificate, float]]:
+    """:func:`certify_at` for a stream of images, several per batch; yields (position, result, seconds) as each
+    finishes.
 
     The tests are read on `certify.boundary.check_schedule` (max_n, step, growth, max_step): every
     ``step`` draws (default batch_size: one image per batch), or growing with ``growth`` up to
@@ -244,8 +262,8 @@ def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: 
     >>> from torch import nn
     >>> g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), sigma=0.5, num_classes=2)
     >>> xs = [torch.full((1, 2, 2), v) for v in (0.1, 0.9)]
-    >>> [len(c.certified) for c in certify_at_many(g, xs, [0.1, 0.2], 0.01, 400, 100, step=25)]
-    [2, 2]
+    >>> sorted((k, len(c.certified)) for k, c, _ in certify_at_stream(g, xs, [0.1, 0.2], 0.01, 400, 100, step=25))
+    [(0, 2), (1, 2)]
     """
     checks, max_step = _schedule(smoothed, alpha, max_n, batch_size, n0, step, growth, max_step)
     radii = _check_radii(radius)
@@ -258,10 +276,10 @@ def certify_at_many(smoothed: Smoothed, images: Iterable[torch.Tensor], radius: 
                                 checks, boundary) for r in radii]
 
     tests = tests_at(alpha) if selection == "argmax" else every_class_tests(tests_at, alpha, smoothed.num_classes)
-    jobs = (_GridJob(smoothed, x, index, seed, n0, checks, max_step, select=selection == "argmax", radii=radii,
-                     tests=tests) for index, x in _indexed(smoothed, images, indices))
+    jobs = (_GridJob(smoothed, x, index, seed, n0, checks, max_step, select=selection == "argmax", tag=k, radii=radii,
+                     tests=tests) for k, index, x in _indexed(smoothed, images, indices))
     for job in run_packed(smoothed, jobs, batch_size):
-        yield job.result()
+        yield job.tag, job.result(), job.seconds
 
 
 def certify_at(smoothed: Smoothed, x: torch.Tensor, radius: float | Sequence[float], alpha: float,
@@ -305,15 +323,26 @@ def certify_anytime_many(smoothed: Smoothed, images: Iterable[torch.Tensor], alp
     >>> len(list(certify_anytime_many(g, xs, 0.01, 400, 100, step=50)))
     2
     """
+    yield from in_order(certify_anytime_stream(smoothed, images, alpha, max_n, batch_size, seed, indices, n0, step,
+                                               rtol, bound, growth, max_step))
+
+
+def certify_anytime_stream(smoothed: Smoothed, images: Iterable[torch.Tensor], alpha: float, max_n: int,
+                           batch_size: int, seed: int = 0, indices: Iterable[int] | None = None,
+                           n0: int = 100, step: int | None = None, rtol: float = 0.05,
+                           bound: str = "one-class", growth: float = 0.0,
+                           max_step: int | None = None) -> Iterator[tuple[int, Certificate, float]]:
+    """:func:`certify_anytime` for a stream of images, several per batch; yields (position, result, seconds) as
+    each finishes."""
     checks, max_step = _schedule(smoothed, alpha, max_n, batch_size, n0, step, growth, max_step)
     if not (isinstance(rtol, (int, float)) and rtol >= 0):
         raise ValueError(f"rtol must be a number >= 0 (a fraction of sigma), got {rtol!r}")
     if bound not in BOUNDS or (bound == "two-class" and smoothed.num_classes < 2):
         raise ValueError(f"bound must be one of {', '.join(BOUNDS)} (two-class needs >= 2 classes), got {bound!r}")
-    jobs = (_AnytimeJob(smoothed, x, index, seed, n0, checks, max_step, sigma=smoothed.sigma, alpha=alpha,
-                        rtol=float(rtol), bound=bound) for index, x in _indexed(smoothed, images, indices))
+    jobs = (_AnytimeJob(smoothed, x, index, seed, n0, checks, max_step, tag=k, sigma=smoothed.sigma, alpha=alpha,
+                        rtol=float(rtol), bound=bound) for k, index, x in _indexed(smoothed, images, indices))
     for job in run_packed(smoothed, jobs, batch_size):
-        yield job.result()
+        yield job.tag, job.result(), job.seconds
 
 
 def certify_anytime(smoothed: Smoothed, x: torch.Tensor, alpha: float, max_n: int, batch_size: int,
@@ -342,6 +371,7 @@ def certify_anytime(smoothed: Smoothed, x: torch.Tensor, alpha: float, max_n: in
 
 __all__ = [
     "BOUNDARIES", "MIXTURES", "SELECTIONS", "GridCertificate", "SequentialTest", "anytime_radius",
-    "certify_anytime", "certify_anytime_many", "certify_at", "certify_at_many", "check_schedule", "log_martingale",
+    "certify_anytime", "certify_anytime_many", "certify_anytime_stream", "certify_at", "certify_at_many",
+    "certify_at_stream", "check_schedule", "log_martingale",
     "log_martingale_one_sided", "lower_confidence_bound", "sequential_test", "upper_confidence_bound",
 ]

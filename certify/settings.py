@@ -1,220 +1,210 @@
-"""What determines a run's results: the typed settings the CLI, compare configs and recipes all build.
+"""What determines a run's results: one schema, from which the CLI's flags and help, the compare-config keys
+and the manifest's fields are all derived.
 
-`RunSettings` holds the counts, seed and specs; `RunOptions` the typed optional parts (precision,
-plugin keywords, sequential-mode choices). Defaults live here only (`RUN_DEFAULTS`); a manifest
-records `RunSettings.record`, where unset options are left out, so a run resumes only with the same
-settings. The result columns per mode live in `certify.results.COLUMNS`.
+`RunSettings` holds the core fields (the pipeline, the counts, the seed), each with its `certify.schema.Option`
+(help, how the CLI reads it, the rule that checks it); `RunOptions` holds the optional parts: the options every
+mode takes (`COMMON_OPTIONS`: precision, plugin keywords) and the run's mode's own (declared in its module under
+`certify.modes`). Each value is checked once, by its option's rule, when the settings are validated; the
+mode then fills in its defaults, which the manifest records (`RunSettings.record`), so a run resumes only
+with the same settings.
 """
 
 from __future__ import annotations
 
-import math
 import platform
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, Mapping
 
-from .betting import MIXTURES
-from .boundary import BOUNDARIES
-from .results import COLUMNS
-from .selection import SELECTIONS
-from .stats import BOUNDS, check_alpha
+from .modes import MODES, Mode, get_mode
+from .registry import close_matches
+from .schema import FLAG, KEYWORDS, Option, whole
+from .smoothing import PRECISIONS, check_sigma
+from .stats import check_alpha
 
-AUTOCAST = ("bf16", "fp16")
+#: the precisions the networks may run in under autocast (the noise stays fp32)
+AUTOCAST = tuple(name for name in PRECISIONS if name != "fp32")
+
+COMMON_OPTIONS = (
+    Option("autocast", "run the networks in lower precision (noise stays fp32); GPU only", choices=AUTOCAST),
+    Option("channels_last", "NHWC memory format for the networks and batches", kind=FLAG),
+    Option("compile", "run classifier o denoiser through torch.compile", kind=FLAG),
+    Option("classifier_kwargs", "keyword for the classifier factory, e.g. pretrained=false or endpoint=URL "
+           "(repeatable)", kind=KEYWORDS, flag_name="--classifier-arg", metavar="KEY=VALUE"),
+    Option("denoiser_kwargs", "keyword for the denoiser factory, e.g. num_steps=10 (repeatable)", kind=KEYWORDS,
+           flag_name="--denoiser-arg", metavar="KEY=VALUE"),
+    Option("dataset_kwargs", "keyword for the dataset, e.g. size=224 (repeatable)", kind=KEYWORDS,
+           flag_name="--dataset-arg", metavar="KEY=VALUE"),
+    Option("label_from_api", "ground truth = a remote API's top label on the clean image (as Salman et al.)",
+           kind=FLAG),
+)
+#: set by the run, never by a user: "auto" when the batch was probed (`RunSettings.batch` holds what was found)
+BATCH_PROBED = Option("batch", "the batch was probed (--batch auto)", choices=("auto",))
 
 
-@dataclass
+def all_options() -> dict[str, Option]:
+    """Every option of the schema by name: the common ones, then each registered mode's (a shared one once)."""
+    out = {o.name: o for o in (*COMMON_OPTIONS, BATCH_PROBED)}
+    for name in MODES.list():
+        for option in get_mode(name).options:
+            out.setdefault(option.name, option)
+    return out
+
+
 class RunOptions:
-    """The optional parts of a run's identity, each typed; only those set are recorded.
+    """The optional parts of a run's identity, by option name; an option nobody set reads as its unset value.
 
-    >>> RunOptions.from_dict({"autocast": "bf16"}).record()
+    >>> RunOptions({"autocast": "bf16"}).record()
     {'autocast': 'bf16'}
+    >>> RunOptions().compile, RunOptions().radii
+    (False, None)
     """
 
-    autocast: str | None = None                 # networks in bf16/fp16 (noise stays fp32)
-    channels_last: bool = False                 # NHWC networks and batches
-    compile: bool = False                       # f o D through torch.compile
-    batch: str | None = None                    # "auto": the run's batch was probed (kept in RunSettings.batch)
-    classifier_kwargs: dict[str, Any] = field(default_factory=dict)
-    denoiser_kwargs: dict[str, Any] = field(default_factory=dict)
-    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
-    label_from_api: bool = False                # ground truth = a remote API's top label on the clean image
-    radii: list[float] | None = None            # sequential mode: the radii to decide
-    step: int | None = None                     # sequential/anytime: first check, least gap (SEQUENTIAL_STEP)
-    growth: float | None = None                 # sequential/anytime: later gaps growth n (SEQUENTIAL_GROWTH)
-    boundary: str | None = None                 # sequential: "exact" or "ville" (SEQUENTIAL_BOUNDARY)
-    mixture: str | None = None                  # sequential: the betting test's prior
-    futility: float | str | None = None         # sequential: give up on a radius the budget cannot reach (gamma, or "off")
-    selection: str | None = None                # sequential: "argmax" (Cohen's n0 draws) or "all" (SEQUENTIAL_SELECTION)
-    bound: str | None = None                    # certify/anytime: "two-class" (Theorem 1 with the runner-up); unset: one-class
-    eps: list[float] | None = None              # attack: the L2 radii to attack (ascending)
-    attack_steps: int | None = None             # attack: PGD steps (filled from certify.attack.ATTACK_DEFAULTS)
-    attack_step_size: float | None = None       # attack: L2 step (unset: 2 eps / steps)
-    attack_m: int | None = None                 # attack: noise draws per gradient estimate
-    attack_restarts: int | None = None          # attack: starts (the first at x, the others random in the ball)
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        values = dict(values or {})
+        known = all_options()
+        for name in values:
+            if name not in known:
+                raise ValueError(f"unknown run option {name!r}{close_matches(name, known)}; expected some of "
+                                 f"{sorted(known)}")
+        object.__setattr__(self, "_values", values)
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any] | None) -> "RunOptions":
-        """Options from a mapping; an unknown key is an error that names it."""
-        options = dict(options or {})
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise ValueError(f"unknown run option(s) {unknown}; expected some of {known}")
-        return cls(**options)
+    def from_dict(cls, options: Mapping[str, Any] | None) -> RunOptions:
+        return cls(options)
 
-    def validate(self) -> "RunOptions":
-        if self.autocast not in (None, *AUTOCAST):
-            raise ValueError(f"autocast must be one of {', '.join(AUTOCAST)} (or unset), got {self.autocast!r}")
-        for name in ("channels_last", "compile", "label_from_api"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("classifier_kwargs", "denoiser_kwargs", "dataset_kwargs"):
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a mapping of keyword arguments, got {getattr(self, name)!r}")
-        if self.batch not in (None, "auto"):
-            raise ValueError(f"options batch is 'auto' or unset, got {self.batch!r}")
-        if self.step is not None and not (isinstance(self.step, int) and self.step >= 1):
-            raise ValueError(f"step must be an int >= 1, got {self.step!r}")
-        if self.growth is not None and not (_number(self.growth) and self.growth >= 0):
-            raise ValueError(f"growth must be a number >= 0 (0: a check every step samples), got {self.growth!r}")
-        if self.boundary not in (None, *BOUNDARIES):
-            raise ValueError(f"boundary must be {' or '.join(map(repr, BOUNDARIES))}, got {self.boundary!r}")
-        if self.selection not in (None, *SELECTIONS):
-            raise ValueError(f"selection must be {' or '.join(map(repr, SELECTIONS))}, got {self.selection!r}")
-        if self.mixture is not None and self.mixture not in MIXTURES:
-            raise ValueError(f"mixture must be {' or '.join(map(repr, MIXTURES))}, got {self.mixture!r}")
-        if self.futility is False:  # YAML reads a bare `off` as false
-            self.futility = "off"
-        if self.futility not in (None, "off") and not (_number(self.futility) and 0 < self.futility < 1):
-            raise ValueError(f"futility must be a probability in (0, 1) or 'off' (unset: {SEQUENTIAL_FUTILITY} in "
-                             f"sequential mode), got {self.futility!r}")
-        if self.bound not in (None, *BOUNDS):
-            raise ValueError(f"bound must be one of {', '.join(BOUNDS)} (or unset: one-class), got {self.bound!r}")
-        from .attack import check_eps
-        from .smoothing import Smoothed
+    def __getattr__(self, name: str) -> Any:
+        values = object.__getattribute__(self, "_values")
+        if name in values:
+            return values[name]
+        option = all_options().get(name)
+        if option is None:
+            raise AttributeError(name)
+        return option.unset
 
-        Smoothed.check_counts(**{name: getattr(self, name) for name in ("attack_steps", "attack_m", "attack_restarts")
-                                 if getattr(self, name) is not None})
-        size = self.attack_step_size
-        if size is not None and not (_number(size) and size > 0):
-            raise ValueError(f"attack_step_size must be a positive number (or unset: 2 eps / steps), got {size!r}")
-        if self.eps is not None:
-            check_eps(self.eps)
-        return self
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("RunOptions are fixed; use replace(...)")
 
-    def with_attack_defaults(self) -> "RunOptions":
-        """The attack's unset counts filled from `certify.attack.ATTACK_DEFAULTS`, so the manifest records them."""
-        from .attack import ATTACK_DEFAULTS
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunOptions) and self.record() == other.record()
 
-        return replace(self, **{f"attack_{k}": v for k, v in ATTACK_DEFAULTS.items() if getattr(self, f"attack_{k}") is None})
+    def __repr__(self) -> str:
+        return f"RunOptions({self.record()!r})"
+
+    def replace(self, **changes: Any) -> RunOptions:
+        return RunOptions({**self._values, **changes})
 
     def record(self) -> dict[str, Any]:
         """The options that are set (not None, False or empty), as the manifest stores them."""
-        return {k: v for k, v in asdict(self).items() if not (v is None or v is False or v == {} or v == [])}
+        return {k: v for k, v in self._values.items() if not (v is None or v is False or v == {} or v == [])}
+
+
+def _core(help: str, **kw: Any) -> dict[str, Any]:
+    """A core field's schema entry (its name, default and kind come from the field)."""
+    return {"schema": dict(help=help, **kw)}
+
+
+def _batch(value: Any) -> int | str:
+    return value if value == "auto" else whole("batch")(value)
+
+
+def _read_batch(text: str) -> int | str:
+    try:
+        return text if text == "auto" else int(text)
+    except ValueError:
+        raise ValueError(f"expected a positive int or 'auto', got {text!r}") from None
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise ValueError(f"seed must be an int in [0, 2^63), got {value!r}")
+    return value
+
+
+def _max(value: Any) -> int | None:
+    return None if value is None else whole("max")(value)
 
 
 @dataclass
 class RunSettings:
     """Everything that determines a run's results (and so must match to resume it).
 
-    ``mode``: ``certify`` (Cohen's fixed n), ``predict``, ``attack`` (PREDICT at SmoothAdv points for
-    each radius of ``options.eps``, n samples each), ``sequential`` (decide each radius of
-    ``options.radii`` with an anytime-valid test, stopping early; ``n`` is the most samples it may
-    use) or ``anytime`` (the confidence-sequence radius, stopping when it stops growing).
-    ``max`` follows Cohen's code: images are dataset indices 0, skip, 2 skip, ... below ``max``.
-    The batch size is part of it: the noise of one image is drawn batch by batch from its own
-    stream, so another batch size draws other (equally valid) noise. ``batch="auto"`` probes the
-    largest batch that fits once per run (:meth:`Smoothed.find_batch_size`) and keeps it in the
-    manifest, so a resumed run reuses it. ``options`` may be given as a mapping.
+    ``mode`` names a `certify.modes` module: ``certify`` (Cohen's fixed n), ``predict``, ``attack``, ``sequential``
+    (decide each radius of ``options.radii``, stopping early; ``n`` is the most samples it may use) or ``anytime``,
+    or any registered mode. ``max`` follows Cohen's code: images are dataset indices 0, skip, 2 skip, ... below
+    ``max``. The batch size is part of it: the noise of one image is drawn batch by batch from its own stream,
+    so another batch size draws other (equally valid) noise. ``batch="auto"`` is probed once per run
+    (:meth:`Smoothed.find_batch_size`) before anything is recorded, and kept in the manifest, so a resumed run
+    reuses it. ``options`` may be given as a mapping.
 
     >>> RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, n=100).validate().mode
     'certify'
     """
 
-    classifier: str
-    dataset: str
-    sigma: float
-    denoiser: str = "none"
-    mode: str = "certify"
-    n0: int = 100
-    n: int = 100_000
-    alpha: float = 0.001
-    batch: int | str = 1000
-    skip: int = 1
-    max: int | None = None
-    seed: int = 0
+    classifier: str = field(metadata=_core("classifier spec, e.g. small-cnn.mnist5k or timm:resnet50"))
+    dataset: str = field(metadata=_core("dataset spec, e.g. mnist5k:test, foolbox:imagenet, imagefolder:DIR"))
+    sigma: float = field(metadata=_core("noise level in [0,1] pixel units", kind=float, check=check_sigma))
+    denoiser: str = field(default="none", metadata=_core("denoiser spec"))
+    mode: str = field(default="certify", metadata=_core("the certification mode (dsmooth certify --help lists them)"))
+    n0: int = field(default=100, metadata=_core("selection samples", kind=int, check=whole("n0")))
+    n: int = field(default=100_000, metadata=_core("samples per image (the most, in the modes that stop early)",
+                                                   kind=int, check=whole("n")))
+    alpha: float = field(default=0.001, metadata=_core("failure probability", kind=float, check=check_alpha))
+    batch: int | str = field(default=1000, metadata=_core("noise samples per forward pass, or 'auto': the largest "
+                                                          "that fits, probed once", kind=_read_batch, check=_batch))
+    skip: int = field(default=1, metadata=_core("certify every SKIP-th image", kind=int, check=whole("skip")))
+    max: int | None = field(default=None, metadata=_core("stop before this dataset index (as in Cohen's code)",
+                                                         kind=int, check=_max))
+    seed: int = field(default=0, metadata=_core("run seed; each image's streams derive from (seed, index)", kind=int,
+                                                check=_seed))
     options: RunOptions = field(default_factory=RunOptions)
 
     def __post_init__(self) -> None:
-        self._typed_options()
-
-    def _typed_options(self) -> RunOptions:
-        if not isinstance(self.options, RunOptions):  # a mapping, given or assigned later
-            self.options = RunOptions.from_dict(self.options)
-        return self.options
+        if not isinstance(self.options, RunOptions):  # a mapping
+            self.options = RunOptions(self.options)
 
     @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "RunSettings":
+    def from_dict(cls, config: Mapping[str, Any]) -> RunSettings:
         """Settings from a config mapping; an unknown key is an error that names it."""
-        known = set(cls.__dataclass_fields__)
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(config) - known)
         if unknown:
-            raise ValueError(f"unknown run setting(s) {unknown}; expected some of {sorted(known)}")
+            raise ValueError(f"unknown run setting(s) {unknown}{close_matches(unknown[0], known)}; expected some of "
+                             f"{sorted(known)}")
         return cls(**config).validate()
 
-    def validate(self) -> "RunSettings":
-        if self.mode not in COLUMNS:
-            raise ValueError(f"mode must be one of {', '.join(COLUMNS)}, got {self.mode!r}")
-        if not (isinstance(self.sigma, (int, float)) and self.sigma > 0 and math.isfinite(self.sigma)):
-            raise ValueError(f"sigma must be a positive number (noise std in [0,1] pixel units), got {self.sigma!r}")
-        check_alpha(self.alpha)
-        for name in ("n0", "n", "batch", "skip"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1) and not (name == "batch" and value == "auto"):
-                expected = "an int >= 1 or 'auto'" if name == "batch" else "an int >= 1"
-                raise ValueError(f"{name} must be {expected}, got {value!r}")
-        if self.max is not None and not (isinstance(self.max, int) and self.max >= 1):
-            raise ValueError(f"max must be an int >= 1 (a dataset index bound), got {self.max!r}")
-        self._typed_options().validate()
-        for name in ("futility", "boundary", "selection"):
-            if getattr(self.options, name) is not None and self.mode != "sequential":
-                raise ValueError(f"{name} is a sequential-mode option, not for {self.mode!r}")
-        if self.options.growth is not None and self.mode not in ("sequential", "anytime"):
-            raise ValueError(f"growth is a sequential/anytime-mode option, not for {self.mode!r}")
-        if self.mode == "sequential":
-            radii = self.options.radii
-            if not radii or not all(isinstance(r, (int, float)) and r > 0 for r in radii):
-                raise ValueError(f"sequential mode needs positive radii (options['radii'] / --radii), got {radii!r}")
-        if self.options.bound == "one-class":
-            self.options = replace(self.options, bound=None)  # the default, recorded as unset
-        if self.options.bound is not None and self.mode not in ("certify", "anytime"):
-            raise ValueError(f"the two-class bound is available in certify (Cohen) and anytime modes, not {self.mode!r}"
-                             + (" (its tests decide preset radii with the one-class test; --mode anytime --bound "
-                                "two-class gives the two-class radius with early stopping)" if self.mode == "sequential"
-                                else ""))
-        if self.mode == "sequential":  # the defaults, recorded
-            self.options = replace(self.options, futility=_default(self.options.futility, SEQUENTIAL_FUTILITY),
-                                   boundary=_default(self.options.boundary, SEQUENTIAL_BOUNDARY),
-                                   selection=_default(self.options.selection, SEQUENTIAL_SELECTION))
-        if self.mode in ("sequential", "anytime"):
-            # the benchmark's schedule whatever the batch (which caps the gap between checks), recorded
-            step = min(SEQUENTIAL_STEP, self.batch if isinstance(self.batch, int) else SEQUENTIAL_STEP)
-            self.options = replace(self.options, step=_default(self.options.step, step),
-                                   growth=_default(self.options.growth, SEQUENTIAL_GROWTH))
-        if self.mode == "attack":
-            if not self.options.eps:
-                raise ValueError("attack mode needs the radii to attack (options['eps'] / --eps), e.g. 0.25,0.5")
-            self.options = self.options.with_attack_defaults()
-        elif any(getattr(self.options, k) is not None for k in ATTACK_OPTIONS):
-            raise ValueError(f"the options {[k for k in ATTACK_OPTIONS if getattr(self.options, k) is not None]} "
-                             f"belong to attack mode, not {self.mode!r}")
+    @property
+    def run_mode(self) -> Mode:
+        return get_mode(self.mode)
+
+    def validate(self) -> RunSettings:
+        """Check every value by its rule, then the mode's own rules, then fill in (and so record) its defaults."""
+        self.__post_init__()  # options assigned as a mapping after construction
+        for option in core_options():
+            value = getattr(self, option.name)
+            if option.check is not None and value is not MISSING:
+                setattr(self, option.name, option.check(value))
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES.list())}, got {self.mode!r}"
+                             f"{close_matches(self.mode, MODES.list())}")
+        mode = self.run_mode
+        own = {o.name: o for o in (*COMMON_OPTIONS, BATCH_PROBED, *mode.options)}
+        values = {}
+        for name, value in self.options.record().items():
+            if name not in own:
+                owners = [m for m in MODES.list() if any(o.name == name for o in get_mode(m).options)]
+                raise ValueError(f"{name} is an option of the {', '.join(owners)} mode{'s' if len(owners) > 1 else ''}, "
+                                 f"not of {self.mode!r}")
+            values[name] = own[name].validate(value)
+        self.options = RunOptions(values)
+        mode.check(self)
+        if self.batch != "auto":  # the defaults that depend on the batch wait for it (`certify.runs.resolve_batch`)
+            self.options = self.options.replace(**mode.complete(self))
         return self
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The result file's columns: the mode's (`certify.results.COLUMNS`), pB_upper for the two-class bound, and
-        last ``source``, where each image came from (a file path under the dataset's folder, or a dataset id)."""
-        return COLUMNS[self.mode] + (("pB_upper",) if self.options.bound == "two-class" else ()) + ("source",)
+        """The result file's columns: the mode's, then ``source`` (where each image came from)."""
+        return self.run_mode.file_columns(self)
 
     def indices(self, dataset_len: int) -> list[int]:
         stop = dataset_len if self.max is None else min(self.max, dataset_len)
@@ -223,45 +213,43 @@ class RunSettings:
     def record(self) -> dict[str, Any]:
         """The settings as a manifest stores them (and a resumed run compares them)."""
         return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"},
-                "options": self._typed_options().record()}
+                "options": self.options.record()}
 
 
-#: sequential/anytime modes check first after this many samples, and at least this far apart (packing several
-#: images into a batch when the batch is larger): an easy image stops after a few hundred samples, not a batch.
-SEQUENTIAL_STEP = 10
-
-#: ... and growth n apart once that is more (rounded down to a multiple of the step, at most the batch): 361
-#: checks up to 100,000 samples, 2% overshoot on the images that need many (`certify.boundary.check_schedule`).
-SEQUENTIAL_GROWTH = 0.02
-
-#: sequential mode's boundary unless told otherwise: "exact" lowers the later thresholds until the exact
-#: probability of a wrong certificate on the schedule is alpha (`certify.boundary`); "ville" keeps ln(1/alpha).
-SEQUENTIAL_BOUNDARY = "exact"
-
-#: sequential mode's choice of the class to test unless told otherwise: "all" tests every class on the same
-#: samples (`certify.selection`: no selection draws, about 1e-4 of alpha for the union over the classes);
-#: "argmax" is Cohen's (the most frequent of n0 separate draws, 51 of them when all agree).
-SEQUENTIAL_SELECTION = "all"
-
-#: sequential mode's futility level gamma unless told otherwise ("off" turns the rule off). Exact cost
-#: (benchmarks/futility_cost.py: max_n = 100,000, p0 = Phi(r/sigma) for r/sigma = 0.5, 1, 2): at most 1.1
-#: points of certification probability at rates from q to q + (q - p0), about half the samples at p0; on
-#: the MNIST benchmark it keeps Cohen's certified accuracy (README, Sample-efficient certification). 0.2
-#: kept the same accuracy but saved nothing on Cohen's 20 digits at sigma 0.5.
-SEQUENTIAL_FUTILITY = 0.3
-
-ATTACK_OPTIONS = ("eps", "attack_steps", "attack_step_size", "attack_m", "attack_restarts")
+def core_options() -> list[Option]:
+    """The core fields of `RunSettings` as schema entries (for the CLI and compare configs)."""
+    return [Option(f.name, default=None if f.default is MISSING else f.default, **f.metadata["schema"])
+            for f in fields(RunSettings) if "schema" in f.metadata]
 
 
-def _default(value: Any, default: Any) -> Any:
-    return default if value is None else value
+def schema(mode: str | None = None) -> dict[str, Option]:
+    """The run schema by name, as users set it: the core fields, the common options and the options of every
+    mode (of ``mode`` only, when given). The CLI's flags and the compare-config keys are these entries.
+
+    >>> s = schema()
+    >>> s["sigma"].flag, s["attack_steps"].flag, s["classifier_kwargs"].flag
+    ('--sigma', '--steps', '--classifier-arg')
+    """
+    out = {o.name: o for o in core_options()}
+    out.update({o.name: o for o in COMMON_OPTIONS})
+    for name in [mode] if mode is not None else MODES.list():
+        for option in get_mode(name).options:
+            out.setdefault(option.name, option)
+    return out
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def settings_from(values: Mapping[str, Any]) -> RunSettings:
+    """Validated settings from flat schema keys (a compare config's): core fields by name, other keys options."""
+    known = schema()
+    for key in values:
+        if key not in known:
+            raise ValueError(f"unknown run setting {key!r}{close_matches(key, known)}")
+    core = {f.name for f in fields(RunSettings)} - {"options"}
+    return RunSettings(**{k: v for k, v in values.items() if k in core},
+                       options={k: v for k, v in values.items() if k not in core}).validate()
 
 
-#: Every setting's default, for the CLI and compare configs (not restated there).
+#: Every core setting's default, for the CLI and compare configs (not restated there).
 RUN_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(RunSettings) if f.default is not MISSING}
 
 
@@ -276,12 +264,12 @@ def package_versions() -> dict[str, str]:
             out[name] = version(name)
         except PackageNotFoundError:
             pass
-    for kind in ("denoisers", "classifiers", "datasets"):  # third-party plugins shape the results too
+    for kind in ("denoisers", "classifiers", "datasets", "modes"):  # third-party plugins shape the results too
         for ep in entry_points(group=f"denoised_smoothing.{kind}"):
             if ep.dist is not None and ep.dist.name not in out:
                 out[ep.dist.name] = ep.dist.version
     return out
 
 
-__all__ = ["ATTACK_OPTIONS", "AUTOCAST", "BOUNDARIES", "MIXTURES", "RUN_DEFAULTS", "SELECTIONS", "RunOptions", "RunSettings",
-           "package_versions"]
+__all__ = ["AUTOCAST", "BATCH_PROBED", "COMMON_OPTIONS", "RUN_DEFAULTS", "RunOptions", "RunSettings", "all_options",
+           "core_options", "package_versions", "schema", "settings_from"]

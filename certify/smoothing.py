@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from .stats import ABSTAIN, Certificate, certificate, check_alpha, two_sided_binomial_pvalue
+from .packing import Draws, run_packed
+from .stats import ABSTAIN, BOUNDS, Certificate, certificate, check_alpha, two_sided_binomial_pvalue
 
 log = logging.getLogger(__name__)
+
+#: the precisions a network may run in, by name (the noise is always drawn and added in fp32)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 #: Noise levels are [0,1] pixel units: the papers use 0.12 to 1.0. Far above 1 every class is noise (a
 #: warning); above SIGMA_MAX the run is refused (fp32 noise would overflow long before 1e39 anyway).
@@ -309,33 +315,61 @@ class Smoothed(nn.Module):
         counts.index_add_(0, slots, torch.ones_like(slots))
         return counts.view(len(chunks), K + 1)[:, :K], bad
 
-    def refuse_if(self, bad: torch.Tensor, where: str) -> None:
-        """Raise `NonFiniteOutput` naming ``where`` when the flag of `sample_batch` is set (a host sync)."""
-        if bool(bad):
-            raise self.refuse(where)
-
-    @torch.inference_mode()
     def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         """Counts of f(D(x + d)) over ``num`` noise draws, in eval mode, batch by batch (`sample_batch`).
 
         The counts stay on the device while sampling (no per-batch sync); the first batch with a
         non-finite output is tracked there too and raises `NonFiniteOutput` before any count is used.
         """
-        counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
-        buffer = torch.empty((min(batch_size, num), *x.shape), device=x.device, dtype=torch.float32)  # reused
-        first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
-        remaining, batch = num, 0
-        with self.evaluating():
-            while remaining > 0:
-                b = min(batch_size, remaining)
-                batch_counts, bad = self.sample_batch([(x, b, generator)], out=buffer)
-                first_bad = torch.where(bad & (first_bad < 0), batch, first_bad)
-                counts += batch_counts[0]
-                remaining, batch = remaining - b, batch + 1
-        k = int(first_bad)
-        if k >= 0:
-            raise self.refuse(f"batch {k} (noise samples {k * batch_size}..{min(num, (k + 1) * batch_size) - 1})")
-        return counts
+        job = Draws(self.check_input(x), generator, num, batch_size, self.num_classes)
+        next(run_packed(self, [job], batch_size))
+        return torch.from_numpy(job.finish(self)[0])
+
+    def certify_stream(self, images: Iterable[torch.Tensor], n0: int, n: int, alpha: float, batch_size: int,
+                     seed: int = 0, indices: Iterable[int] | None = None, bound: str = "one-class"
+                     ) -> Iterator[tuple[int, Certificate, float]]:
+        """`certify_full` for a stream of images, several per forward pass where their chunks fit (the tails of
+        n0 and n); yields (position in the stream, certificate, seconds spent on it) as each image finishes.
+        Each image draws what it would draw alone, so its certificate does not depend on the others.
+
+        >>> g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), sigma=0.25, num_classes=2)
+        >>> sorted(k for k, _, _ in g.certify_stream([torch.full((1, 2, 2), 0.5)] * 3, 10, 20, 0.01, 50))
+        [0, 1, 2]
+        """
+        self.check_counts(n0=n0, n=n, batch_size=batch_size)
+        check_alpha(alpha)
+        if bound not in BOUNDS:
+            raise ValueError(f"bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
+
+        def job(k: int, index: int, x: torch.Tensor) -> Draws:
+            estimation = Draws(x, self.generator(seed, index, "estimation"), n, batch_size, self.num_classes)
+            return Draws(x, self.generator(seed, index, "selection"), n0, batch_size, self.num_classes, estimation, k)
+
+        for done in run_packed(self, self._jobs(images, indices, job), batch_size):
+            counts0, counts = done.finish(self)
+            yield done.tag, certificate(counts.tolist(), int(counts0.argmax()), n0, alpha, self.sigma, bound), done.seconds
+
+    def predict_stream(self, images: Iterable[torch.Tensor], n: int, alpha: float, batch_size: int, seed: int = 0,
+                     indices: Iterable[int] | None = None) -> Iterator[tuple[int, Prediction, float]]:
+        """`predict_full` for a stream of images, packed as `certify_stream`; yields (position, prediction, seconds)."""
+        self.check_counts(n=n, batch_size=batch_size)
+        check_alpha(alpha)
+
+        def job(k: int, index: int, x: torch.Tensor) -> Draws:
+            return Draws(x, self.generator(seed, index, "prediction"), n, batch_size, self.num_classes, tag=k)
+
+        for done in run_packed(self, self._jobs(images, indices, job), batch_size):
+            (counts,) = done.finish(self)
+            order = np.argsort(-counts, kind="stable")
+            nA, cA = int(counts[order[0]]), int(order[0])
+            nB = int(counts[order[1]]) if self.num_classes > 1 else 0
+            answer = ABSTAIN if two_sided_binomial_pvalue(nA, nA + nB, 0.5) > alpha else cA
+            yield done.tag, Prediction(answer, nA, nB, n), done.seconds
+
+    def _jobs(self, images: Iterable[torch.Tensor], indices: Iterable[int] | None, make) -> Iterator[Draws]:
+        """One job per image, each checked as it is admitted; ``indices`` name the images' streams (0, 1, ...)."""
+        for k, (index, x) in enumerate(zip(indices if indices is not None else itertools.count(), images)):
+            yield make(k, index, self.check_input(x))
 
     def certify_full(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                      seed: int = 0, index: int = 0, bound: str = "one-class") -> Certificate:
@@ -345,13 +379,7 @@ class Smoothed(nn.Module):
         PhiInv(pB_upper)), both bounds together at level 1 - alpha (`certify.stats.two_class_bounds`);
         larger where the votes spread over many classes, it can certify with pA_lower < 1/2.
         """
-        self.check_counts(n0=n0, n=n, batch_size=batch_size)
-        check_alpha(alpha)
-        x = self.check_input(x)
-        counts0 = self.sample_counts(x, n0, batch_size, self.generator(seed, index, "selection"))
-        cA = int(counts0.argmax())
-        counts = self.sample_counts(x, n, batch_size, self.generator(seed, index, "estimation"))
-        return certificate(counts.tolist(), cA, n0, alpha, self.sigma, bound)
+        return next(self.certify_stream([x], n0, n, alpha, batch_size, seed, [index], bound))[1]
 
     def certify(self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int,
                 seed: int = 0, index: int = 0) -> tuple[int, float]:
@@ -362,16 +390,7 @@ class Smoothed(nn.Module):
     def predict_full(self, x: torch.Tensor, n: int, alpha: float, batch_size: int,
                      seed: int = 0, index: int = 0) -> Prediction:
         """PREDICT with its evidence: the class or -1, and the top two counts nA, nB."""
-        self.check_counts(n=n, batch_size=batch_size)
-        check_alpha(alpha)
-        x = self.check_input(x)
-        counts = self.sample_counts(x, n, batch_size, self.generator(seed, index, "prediction"))
-        top = counts.topk(min(2, self.num_classes))
-        nA, cA = int(top.values[0]), int(top.indices[0])
-        nB = int(top.values[1]) if self.num_classes > 1 else 0
-        if two_sided_binomial_pvalue(nA, nA + nB, 0.5) > alpha:
-            return Prediction(ABSTAIN, nA, nB, n)
-        return Prediction(cA, nA, nB, n)
+        return next(self.predict_stream([x], n, alpha, batch_size, seed, [index]))[1]
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int,
                 seed: int = 0, index: int = 0) -> int:

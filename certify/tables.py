@@ -1,4 +1,4 @@
-"""The tables of a report, from loaded runs (`certify.analysis.RunResult`): the radius grid, certified
+"""The tables of a report, from loaded runs (`certify.outcomes.RunResult`): the radius grid, certified
 accuracy per run and the envelope over runs on the same images, the high-probability bound, PREDICT
 runs, one row per image (with where it came from), and the same numbers as Markdown or as a LaTeX tabular.
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from .analysis import RunResult
+    from .outcomes import RunResult
 
 #: the steps of a default radius grid: 1, 2, 2.5 and 5 times a power of ten
 GRID_STEPS = tuple(m * 10.0 ** e for e in range(-3, 3) for m in (1, 2, 2.5, 5))
@@ -32,7 +32,7 @@ def default_radii(results: Sequence[RunResult], most: int = 8) -> tuple[float, .
     can certify (`RunResult.certifiable`); when every run decided preset radii (sequential mode), 0 and
     those radii.
 
-    >>> from certify.analysis import RunResult
+    >>> from certify.outcomes import RunResult
     >>> run = RunResult("r", np.zeros(0), *[np.zeros(0)] * 4, {"settings": {"sigma": 0.25, "n": 100, "alpha": 0.001}})
     >>> default_radii([run])   # nothing above 0.375 can be certified with n = 100
     (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35)
@@ -122,7 +122,7 @@ def per_image_table(runs: Sequence[RunResult]) -> tuple[list[str], list[list]]:
     """One row per image of any run: idx, label, where it came from (the ``source`` column, when the files
     have it), then each run's prediction and radius (empty where a run did not certify that image).
 
-    >>> from certify.analysis import RunResult
+    >>> from certify.outcomes import RunResult
     >>> a = RunResult("a", np.array([0.5]), np.array([1]), np.array([3]), np.zeros(1), np.zeros(1), {},
     ...               idx=np.array([7]), label=np.array([3]), source=["3/x.png"])
     >>> per_image_table([a])
@@ -178,7 +178,7 @@ def latex_table(results: Sequence[RunResult], radii: Sequence[float]) -> str:
     ``&``-separated row per run ending in ``\\\\``, the best value per radius in bold among runs on the
     same images. Needs no package (``\\hline``, not booktabs' ``\\midrule``).
 
-    >>> from certify.analysis import RunResult
+    >>> from certify.outcomes import RunResult
     >>> runs = [RunResult(name, np.array(r), np.array([1, 1]), np.ones(2), np.zeros(2), np.zeros(2), {})
     ...         for name, r in (("dncnn_mse", [0.6, 0.2]), ("alone", [0.3, 0.0]))]
     >>> print(latex_table(runs, [0, 0.25, 0.5]), end="")

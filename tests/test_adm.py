@@ -18,7 +18,8 @@ import torch
 
 pytest.importorskip("guided_diffusion", reason="the adm extra (guided-diffusion-sdk) is installed by make test")
 
-from certify.runs import RunSettings, certify_dataset  # noqa: E402
+from certify.settings import RunSettings  # noqa: E402
+from certify.pipeline import certify_dataset  # noqa: E402
 from denoisers import create_denoiser, list_denoisers  # noqa: E402
 from denoisers.adm import ADMDenoiser, adm_flags, build_adm  # noqa: E402
 from denoisers.diffusion import resize, resize_noise_gain  # noqa: E402

@@ -13,7 +13,8 @@ from torch import nn
 from certify.analysis import analyze, load_result, violations
 from certify.attack import attack_full, smoothadv, soft_loss
 from certify.cli import main
-from certify.runs import RunSettings, certify_dataset
+from certify.settings import RunSettings
+from certify.pipeline import certify_dataset
 from certify.smoothing import Smoothed
 from classifiers import create_classifier
 from denoisers import create_denoiser

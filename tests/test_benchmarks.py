@@ -6,6 +6,7 @@ the scripts from rotting.
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
+    """A benchmark script as a module, its folder on the path as when it runs (it imports ``benchlib``)."""
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -96,7 +100,8 @@ def test_dds_cost_smoke(tmp_path):
 
 
 def test_two_class_gain_compares_the_same_samples(tmp_path):
-    from certify.runs import RunSettings, certify_dataset
+    from certify.settings import RunSettings
+    from certify.pipeline import certify_dataset
 
     common = dict(classifier="small-cnn.mnist5k", dataset="mnist5k:test", sigma=0.5, n0=20, n=200, batch=220,
                   skip=200, max=1000)

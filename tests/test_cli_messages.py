@@ -107,7 +107,8 @@ def test_list_classifiers_in_python_finds_what_the_cli_lists(capsys):
 
 def test_only_the_main_process_draws_a_progress_bar(tmp_path, capsys, monkeypatch):
     from certify import runs
-    from certify.runs import RunSettings, run_certification
+    from certify.settings import RunSettings
+    from certify.runs import run_certification
     from certify.smoothing import Smoothed
 
     monkeypatch.setattr(runs, "_from_rank0", lambda value, world_size: value)  # no process group here

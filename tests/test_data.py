@@ -11,7 +11,8 @@ from torch import nn
 
 from certify.analysis import load_result
 from certify.data import create_dataset, image_files
-from certify.runs import RunSettings, run_certification
+from certify.settings import RunSettings
+from certify.runs import run_certification
 from certify.smoothing import Smoothed
 
 

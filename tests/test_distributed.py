@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from certify.runs import shard_paths
+from certify.results import shard_paths
 from classifiers.small_cnn import SmallCNN
 from processes import ACCELERATE, kill_part_way, launch_env
 

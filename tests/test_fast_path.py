@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from certify.runs import RunSettings, run_certification
+from certify.settings import RunSettings
+from certify.runs import run_certification
 from certify.smoothing import Smoothed
 
 

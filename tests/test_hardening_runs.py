@@ -20,7 +20,8 @@ from certify.analysis import analyze, load_result
 from certify.cli import main
 from certify.compare import load_compare_config
 from certify.results import OutputLock, write_manifest
-from certify.runs import RunSettings, package_versions, run_certification
+from certify.settings import RunSettings, package_versions
+from certify.runs import run_certification
 from certify.smoothing import Smoothed
 
 DSMOOTH = [sys.executable, "-m", "certify.cli"]
@@ -177,7 +178,7 @@ def test_names_must_match_the_files(tmp_path, capsys):
 
 
 # -- 12 / 7: compare configs fail before anything is certified ---------------------------------------------
-@pytest.mark.parametrize("extra,message", [("n: 20.9\n", "n must be a whole number, got 20.9"),
+@pytest.mark.parametrize("extra,message", [("n: 20.9\n", "n must be an int >= 1, got 20.9"),
                                            ("radii: abc\n", "radii must be a list of numbers"),
                                            ("n: [1\n", "is not valid YAML")])
 def test_compare_config_errors(tmp_path, capsys, extra, message):

@@ -198,7 +198,7 @@ def test_accelerate_cpu_launch_of_two_processes_says_how_to_get_two(tmp_path):
 
 
 def test_certify_recipe_example_config_exists_and_parses():
-    from certify.runs import RunSettings
+    from certify.settings import RunSettings
 
     doc = (ROOT / "recipes" / "certify_dataset.py").read_text()
     cited = [w for w in doc.split() if w.startswith("recipes/configs/")]

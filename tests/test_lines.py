@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from certify.analysis import analyze
-from certify.lines import check_line
-from certify.runs import RunSettings, run_certification
+from certify.modes import check_line
+from certify.settings import RunSettings
+from certify.runs import run_certification
 from certify.smoothing import Smoothed
 
 

@@ -14,7 +14,8 @@ import classifiers
 from certify.cli import main
 from certify.redact import MASK, is_secret_name, redact
 from certify.results import OutputLock
-from certify.runs import RunSettings, run_certification
+from certify.settings import RunSettings
+from certify.runs import run_certification
 from certify.smoothing import Smoothed
 from classifiers.remote import AnswerCache
 from classifiers.small_cnn import SmallCNN

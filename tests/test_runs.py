@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from certify.cli import main
-from certify.runs import RunSettings, run_certification
+from certify.settings import RunSettings
+from certify.runs import run_certification
 from certify.smoothing import Smoothed
 from classifiers.small_cnn import SmallCNN
 from processes import kill_part_way
@@ -89,8 +90,8 @@ def test_same_seed_same_file_and_resume_refuses_other_settings(cnn_dir, tmp_path
 
 
 @pytest.mark.parametrize("over,message", [
-    (dict(sigma="0"), "sigma must be a positive number"),
-    (dict(sigma="-0.5"), "sigma must be a positive number"),
+    (dict(sigma="0"), "sigma must be a positive, finite number"),
+    (dict(sigma="-0.5"), "sigma must be a positive, finite number"),
     (dict(alpha="1.5"), "alpha must lie in (0, 1)"),
     (dict(alpha="0"), "alpha must lie in (0, 1)"),
     (dict(n0="0"), "n0 must be an int >= 1"),
@@ -194,6 +195,6 @@ def test_sequential_mixture_is_a_run_setting(cnn_dir, tmp_path, capsys):
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["options"]["mixture"] == "one-sided"
     assert main(base + ["--mixture", "two-sided"]) == 2
     assert "mixture" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="mixture must be 'two-sided' or 'one-sided', got 'both'"):
+    with pytest.raises(ValueError, match="mixture must be one of two-sided, one-sided, got 'both'"):
         RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, mode="sequential",
                     options={"radii": [0.1], "mixture": "both"}).validate()

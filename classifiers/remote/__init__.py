@@ -18,30 +18,30 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from certify.registry import Registry
+
 from .. import register_classifier
-from .aws import Rekognition
-from .azure import AzureVision
-from .clarifai import Clarifai
 from .adapters import Adapter, RemoteError
 from .cache import AnswerCache, LabelVocabulary
 from .client import BudgetExceeded, RemoteClassifier
-from .google import GoogleVision
-from .http import HttpJSON
 from .wire import NONE_LABEL, decode_png, encode_png
 
-ADAPTERS: dict[str, type[Adapter]] = {"google": GoogleVision, "azure": AzureVision, "aws": Rekognition,
-                                      "clarifai": Clarifai, "http": HttpJSON}
+#: vision APIs, one adapter module each (``@register_remote_api("NAME")`` on an `Adapter` subclass), found in
+#: this package like every plugin (loaded on first use); third-party ones through the entry-point group
+REMOTE_APIS = Registry("remote_api", entry_point_group="denoised_smoothing.remote_apis", package=__name__)
+register_remote_api = REMOTE_APIS.register
 
 _CLIENT_KEYS = set(inspect.signature(RemoteClassifier.__init__).parameters) - {"self", "adapter"}
 
 
-@register_classifier("remote", summary="remote:google|azure|aws|clarifai|http, a vision API as a hard-label classifier")
+@register_classifier("remote", summary="remote:API (google, azure, aws, clarifai, http, or a plugin's), a vision API as "
+                                       "a hard-label classifier")
 def create_remote(identifier: str | None = None, **kwargs: Any) -> RemoteClassifier:
     """``remote:google`` (key from GOOGLE_API_KEY), ``remote:http`` with ``endpoint=URL``, ..."""
-    if identifier not in ADAPTERS:
-        raise ValueError(f"remote classifier must be one of {', '.join('remote:' + v for v in ADAPTERS)}, "
+    if identifier not in REMOTE_APIS:
+        raise ValueError(f"remote classifier must be one of {', '.join('remote:' + v for v in REMOTE_APIS.list())}, "
                          f"got 'remote:{identifier}'")
-    adapter_cls = ADAPTERS[identifier]
+    adapter_cls = REMOTE_APIS.entry(identifier).factory
     client_kwargs = {k: v for k, v in kwargs.items() if k in _CLIENT_KEYS}
     adapter_kwargs = {k: v for k, v in kwargs.items() if k not in _CLIENT_KEYS}
     if identifier == "aws" and "endpoint" in adapter_kwargs:
@@ -54,5 +54,7 @@ def create_remote(identifier: str | None = None, **kwargs: Any) -> RemoteClassif
     return RemoteClassifier(adapter_cls(**adapter_kwargs), **client_kwargs)
 
 
-__all__ = ["ADAPTERS", "Adapter", "AnswerCache", "BudgetExceeded", "LabelVocabulary", "NONE_LABEL",
-           "RemoteClassifier", "RemoteError", "create_remote", "decode_png", "encode_png"]
+create_remote.run_folder = ("cache_dir", ".api-cache")  # a run keeps the answers beside its results (FILE.api-cache/)
+
+__all__ = ["REMOTE_APIS", "Adapter", "AnswerCache", "BudgetExceeded", "LabelVocabulary", "NONE_LABEL",
+           "RemoteClassifier", "RemoteError", "create_remote", "decode_png", "encode_png", "register_remote_api"]

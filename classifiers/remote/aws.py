@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 
+from . import register_remote_api
 from .adapters import Adapter, RemoteError, Retryable, parse_retry_after
 from .wire import Labels
 
@@ -17,6 +18,7 @@ _RETRY_CODES = {"ThrottlingException", "ProvisionedThroughputExceededException",
                 "ServiceUnavailableException", "LimitExceededException"}
 
 
+@register_remote_api("aws", summary="AWS Rekognition DetectLabels (boto3)")
 class Rekognition(Adapter):
     vendor = "aws"
 

@@ -8,10 +8,12 @@ Credentials: ``VISION_KEY`` (or ``AZURE_VISION_KEY``); the resource endpoint fro
 
 from __future__ import annotations
 
+from . import register_remote_api
 from .adapters import RestAdapter, Retryable, credential
 from .wire import Labels
 
 
+@register_remote_api("azure", summary="Azure AI Vision tags")
 class AzureVision(RestAdapter):
     vendor = "azure"
 

@@ -7,12 +7,14 @@ Request: ``POST {endpoint}/v2/users/{user_id}/apps/{app_id}/models/{model_id}/ou
 
 from __future__ import annotations
 
+from . import register_remote_api
 from .adapters import RemoteError, RestAdapter, Retryable, credential
 from .wire import Labels, b64
 
 _OK = 10000
 
 
+@register_remote_api("clarifai", summary="Clarifai's general model")
 class Clarifai(RestAdapter):
     vendor = "clarifai"
 

@@ -9,12 +9,14 @@ URL) or an OAuth access token in ``GOOGLE_OAUTH_ACCESS_TOKEN`` (``Authorization:
 
 from __future__ import annotations
 
+from . import register_remote_api
 from .adapters import RemoteError, RestAdapter, Retryable, credential
 from .wire import Labels, b64
 
 ENDPOINT = "https://vision.googleapis.com/v1/images:annotate"
 
 
+@register_remote_api("google", summary="Google Cloud Vision label detection")
 class GoogleVision(RestAdapter):
     vendor = "google"
 

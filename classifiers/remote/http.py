@@ -11,10 +11,12 @@ Protocol (what a server must implement):
 
 from __future__ import annotations
 
+from . import register_remote_api
 from .adapters import RestAdapter, Retryable, credential
 from .wire import Labels
 
 
+@register_remote_api("http", summary="a self-hosted model behind the documented JSON protocol")
 class HttpJSON(RestAdapter):
     vendor = "http"
 
