@@ -32,7 +32,7 @@ from certify.checkpoint import build_checked, load_state_checked, one_line, read
 from certify.registry import refuse_unknown_options
 
 from . import register_denoiser
-from .diffusion import DiffusionDenoiser
+from .diffusion import VPDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _weights_file(identifier: str) -> Path:
                      f"adm:https://.../FILE.pt or adm:OWNER/REPO/FILE.pt on the Hugging Face Hub")
 
 
-class ADMDenoiser(DiffusionDenoiser):
+class ADMDenoiser(VPDenoiser):
     """An ADM UNet (guided-/improved-diffusion) and its ``GaussianDiffusion`` under the one diffusion rule.
 
     The model is called as published: ``model(x_t, t)`` with t rescaled to 0..1000 when the

@@ -269,3 +269,22 @@ def test_fp16_through_the_models_own_conversion_keeps_fp32_in_and_out(tiny64):
     with torch.no_grad():
         a, b = full(noisy, 0.25), half(noisy, 0.25)
     assert b.dtype == torch.float32 and (a - b).abs().max() < 1e-2
+
+
+def test_exact_rule_calls_guided_diffusions_unet_at_the_fractional_rescaled_timestep(tmp_path):
+    """guided-diffusion's timestep embedding takes float t (rescaled to 0..1000 here): x0 is the eps formula at
+    abar = 1 / (1 + (2 sigma)^2), the model called at t* * 1000 / T, and t* is neither of its neighbours."""
+    model, diffusion = _random_adm(TINY_COSINE, tmp_path / "m.pt")
+    den = create_denoiser(f"adm:{tmp_path / 'm.pt'}", timestep_rule="exact", **TINY_COSINE)
+    sigma = 0.3
+    t = den.timestep(sigma)
+    assert 0 < t - math.floor(t) < 1
+    noisy = torch.rand(2, 3, 32, 32) + sigma * torch.randn(2, 3, 32, 32)
+    abar = 1 / (1 + (2 * sigma) ** 2)
+    x_t = math.sqrt(abar) * (2 * noisy - 1)
+    with torch.no_grad():
+        eps = {s: model(x_t, torch.full((2,), s * 0.25))[:, :3] for s in (t, math.floor(t), math.ceil(t))}
+        ours = den(noisy, sigma)
+    ref = ((x_t - math.sqrt(1 - abar) * eps[t]) / math.sqrt(abar)).clamp(-1, 1)
+    torch.testing.assert_close(ours, (ref + 1) / 2, atol=1e-5, rtol=0)
+    assert not torch.allclose(eps[t], eps[math.floor(t)]) and not torch.allclose(eps[t], eps[math.ceil(t)])
