@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -130,8 +131,13 @@ class Smoothed(nn.Module):
         if callable(prepare):  # the denoiser's sigma-dependent constants, chosen once and outside any compiled graph
             prepare(self.sigma)
         # The networks in one function, compiled once when asked (recompiles only for the last, short batch).
-        backend = compile if isinstance(compile, str) else "inductor"
-        self._networks = torch.compile(self._f_of_d, dynamic=False, backend=backend) if compile else self._f_of_d
+        # torch keeps one cache of compiled graphs, at most 8, per code object: each pipeline compiles its own
+        # copy of _f_of_d's code, or a compare run of several compiled pipelines would fall back to eager.
+        self._networks = self._f_of_d
+        if compile:
+            own = types.FunctionType(Smoothed._f_of_d.__code__.replace(), globals(), "_f_of_d")
+            self._networks = torch.compile(types.MethodType(own, self), dynamic=False,
+                                           backend=compile if isinstance(compile, str) else "inductor")
 
     @property
     def device(self) -> torch.device:
