@@ -26,6 +26,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from certify.checkpoint import build_checked, load_state_checked, one_line, read_weights
@@ -193,4 +195,36 @@ def create_adm(identifier: str | None = None, preset: str | None = None, **kwarg
                             f"or image_size, num_channels, learn_sigma, ...)")
     if flags["use_fp16"]:
         model.convert_to_fp16()
+    use_fused_attention(model)
     return ADMDenoiser(model.eval(), diffusion, flags, name=preset or path.stem, **options)
+
+
+class FusedQKVAttention(nn.Module):
+    """guided-diffusion's ``QKVAttention`` (``legacy=False``) or ``QKVAttentionLegacy`` through torch's
+    ``scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU) instead of two einsums and
+    a materialised T x T softmax: the same heads, the same 1 / sqrt(ch) scale, [N x (3 H C) x T] -> [N x (H C) x T]."""
+
+    def __init__(self, n_heads: int, legacy: bool) -> None:
+        super().__init__()
+        self.n_heads, self.legacy = n_heads, legacy
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        bs, width, length = qkv.shape
+        ch = width // (3 * self.n_heads)
+        if self.legacy:  # heads first, then q, k, v within each head
+            q, k, v = qkv.reshape(bs, self.n_heads, 3 * ch, length).split(ch, dim=2)
+        else:  # q, k, v first, then heads
+            q, k, v = qkv.reshape(bs, 3, self.n_heads, ch, length).unbind(1)
+        a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return a.transpose(-1, -2).reshape(bs, -1, length)
+
+
+def use_fused_attention(model: nn.Module) -> nn.Module:
+    """Swap every guided-diffusion attention computation in ``model`` for `FusedQKVAttention` (no weights change)."""
+    from guided_diffusion.unet import QKVAttention, QKVAttentionLegacy
+
+    for block in list(model.modules()):
+        attention = getattr(block, "attention", None)
+        if type(attention) in (QKVAttention, QKVAttentionLegacy):
+            block.attention = FusedQKVAttention(attention.n_heads, legacy=type(attention) is QKVAttentionLegacy)
+    return model
