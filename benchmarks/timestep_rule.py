@@ -24,12 +24,12 @@ def psnr(estimate: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     return -10 * torch.log10(((estimate - clean) ** 2).mean(dim=(1, 2, 3)))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
     p.add_argument("--draws", type=int, default=20, help="noise draws per digit")
     p.add_argument("--out", default="benchmarks/results/timestep_rule.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     data = create_dataset("mnist5k:test")
     clean = torch.stack([data[i][0] for i in range(0, 30 * 33, 33)]).repeat(args.draws, 1, 1, 1)
     generator = torch.Generator().manual_seed(0)
@@ -44,8 +44,10 @@ def main() -> None:
             row[f"t_{rule}"], row[f"implied_sigma_{rule}"] = den.timestep(sigma), den.implied_sigma(sigma)
         print(row, flush=True)
         rows.append(row)
-    write_json(args.out, {"benchmark": "timestep_rule", "denoiser": "ddpm.mnist5k", "draws": args.draws,
-                          "rows": rows, "seconds": round(time.time() - start, 1)})
+    result = {"benchmark": "timestep_rule", "denoiser": "ddpm.mnist5k", "draws": args.draws, "rows": rows,
+              "seconds": round(time.time() - start, 1)}
+    write_json(args.out, result)
+    return result
 
 
 if __name__ == "__main__":

@@ -202,7 +202,11 @@ def create_adm(identifier: str | None = None, preset: str | None = None, **kwarg
 class FusedQKVAttention(nn.Module):
     """guided-diffusion's ``QKVAttention`` (``legacy=False``) or ``QKVAttentionLegacy`` through torch's
     ``scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU) instead of two einsums and
-    a materialised T x T softmax: the same heads, the same 1 / sqrt(ch) scale, [N x (3 H C) x T] -> [N x (H C) x T]."""
+    a materialised T x T softmax: the same heads, the same 1 / sqrt(ch) scale, [N x (3 H C) x T] -> [N x (H C) x T].
+
+    >>> FusedQKVAttention(n_heads=2, legacy=True)(torch.randn(1, 3 * 2 * 8, 10)).shape
+    torch.Size([1, 16, 10])
+    """
 
     def __init__(self, n_heads: int, legacy: bool) -> None:
         super().__init__()

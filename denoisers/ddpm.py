@@ -43,7 +43,11 @@ def _alphas_cumprod_of(scheduler: Any) -> torch.Tensor:
 
 
 def unet_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """A UNet dtype option (``fp16``, ``bf16``, ``fp32`` or a torch dtype) as a torch dtype; None keeps the weights'."""
+    """A UNet dtype option (``fp16``, ``bf16``, ``fp32`` or a torch dtype) as a torch dtype; None keeps the weights'.
+
+    >>> unet_dtype("bf16")
+    torch.bfloat16
+    """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")

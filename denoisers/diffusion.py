@@ -130,6 +130,11 @@ class DiffusionDenoiser(nn.Module):
     because smoothing noise must be added at the resolution the denoiser works at; a mode (``bilinear``,
     ``bicubic``, ``area``, ``nearest``) resizes the noisy image to the model's size and the estimate back,
     at the noise level left after resizing (`resize_noise_gain`).
+
+    >>> den = VPDenoiser(lambda x, t: torch.zeros_like(x), np.linspace(0.99, 0.01, 100))
+    >>> den.prepare(0.5)                                   # what Smoothed does at assembly
+    >>> den.plan(0.5).t_star, [call.t for call in den.plan(0.5).calls]
+    (50, [50])
     """
 
     def __init__(self, model: nn.Module, *, learned_variance: bool = False,
