@@ -135,7 +135,8 @@ class Smoothed(nn.Module):
         # copy of _f_of_d's code, or a compare run of several compiled pipelines would fall back to eager.
         self._networks = self._f_of_d
         if compile:
-            own = types.FunctionType(Smoothed._f_of_d.__code__.replace(), globals(), "_f_of_d")
+            f = type(self)._f_of_d
+            own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
             self._networks = torch.compile(types.MethodType(own, self), dynamic=False,
                                            backend=compile if isinstance(compile, str) else "inductor")
 
