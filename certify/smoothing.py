@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import logging
 import math
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -91,7 +92,12 @@ class Smoothed(nn.Module):
     maps ``(noisy, sigma)`` to [0,1] images. Noise is drawn and added in fp32 in [0,1] pixel space.
     GPU fast path, all off by default so the CPU path stays exact fp32: ``autocast_dtype`` (e.g.
     ``torch.bfloat16``) lowers only the precision of the networks; ``channels_last`` stores the
-    networks and the noisy batches in NHWC; ``compile`` runs f o D through ``torch.compile``.
+    networks and the noisy batches in NHWC; ``compile`` runs f o D through ``torch.compile`` (a string
+    names its backend: ``"aot_eager"`` traces without generating code, as the tests do on a CPU).
+    A denoiser may define ``prepare(sigma: float) -> None``: it is called once here, at assembly, to
+    choose what depends on sigma (a diffusion model's timestep and scales) as plain Python numbers, so
+    that a compiled forward only looks them up; the denoiser must still be correct when called eagerly
+    at another sigma.
 
     >>> torch.manual_seed(0) is not None
     True
@@ -110,7 +116,7 @@ class Smoothed(nn.Module):
         num_classes: int | None = None,
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
-        compile: bool = False,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         sigma = check_sigma(sigma)
@@ -127,8 +133,18 @@ class Smoothed(nn.Module):
             for net in (classifier, denoiser):
                 if net is not None:
                     net.to(memory_format=torch.channels_last)
+        prepare = getattr(denoiser, "prepare", None)
+        if callable(prepare):  # the denoiser's sigma-dependent constants, chosen once and outside any compiled graph
+            prepare(self.sigma)
         # The networks in one function, compiled once when asked (recompiles only for the last, short batch).
-        self._networks = torch.compile(self._f_of_d, dynamic=False) if compile else self._f_of_d
+        # torch keeps one cache of compiled graphs, at most 8, per code object: each pipeline compiles its own
+        # copy of _f_of_d's code, or a compare run of several compiled pipelines would fall back to eager.
+        self._networks = self._f_of_d
+        if compile:
+            f = type(self)._f_of_d
+            own = types.FunctionType(f.__code__.replace(), f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+            self._networks = torch.compile(types.MethodType(own, self), dynamic=False,
+                                           backend=compile if isinstance(compile, str) else "inductor")
 
     @property
     def device(self) -> torch.device:
@@ -183,18 +199,18 @@ class Smoothed(nn.Module):
         """
         return self._checked_outputs(noisy)[0]
 
-    def _checked_outputs(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`base_outputs` and the denoiser's flag of `_f_of_d`."""
+    def _checked_outputs(self, noisy: torch.Tensor, eager: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """`base_outputs` and the denoiser's flag of `_f_of_d` (``eager``: never through the compiled function)."""
         if self.channels_last and noisy.ndim == 4:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast(noisy.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            return self._networks(noisy)
+            return (self._f_of_d if eager else self._networks)(noisy)
 
-    def _classify(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _classify(self, noisy: torch.Tensor, eager: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(class ids of f(D(noisy)), a 0-dim flag on the device: the denoiser's output or the classifier's was
         non-finite or out of range). An output of the wrong shape raises `PluginOutputError` at once (no sync)."""
-        out, bad = self._checked_outputs(noisy)
+        out, bad = self._checked_outputs(noisy, eager)
         self.check_output_shape(out, len(noisy))
         if out.ndim == 1:  # hard labels
             return out, bad | ((out < 0) | (out >= self.num_classes)).any()
@@ -221,11 +237,11 @@ class Smoothed(nn.Module):
             f"count them. Check the weights (a denoiser trained at an absurd sigma is NaN) and the --autocast precision")
 
     @torch.inference_mode()
-    def base_predict(self, noisy: torch.Tensor) -> torch.Tensor:
+    def base_predict(self, noisy: torch.Tensor, eager: bool = False) -> torch.Tensor:
         """Class ids of f(D(noisy)) for a batch of noisy images, in eval mode (each module's mode restored);
-        non-finite outputs raise `NonFiniteOutput`."""
+        non-finite outputs raise `NonFiniteOutput`. ``eager``: the networks uncompiled even under ``compile``."""
         with self.evaluating():
-            preds, bad = self._classify(noisy)
+            preds, bad = self._classify(noisy, eager)
         if bool(bad):
             raise self.refuse(f"a batch of {len(noisy)} noisy images")
         return preds
@@ -234,7 +250,8 @@ class Smoothed(nn.Module):
         """The largest power-of-two batch (<= ``limit``) whose forward pass fits in memory.
 
         Probed once per pipeline with doublings from ``start``; a batch that raises out-of-memory ends
-        the search. On the CPU, where a too large batch is swapped or killed rather than refused and
+        the search. The probe runs the networks eagerly (compiled, each probed size would be one more
+        compilation). On the CPU, where a too large batch is swapped or killed rather than refused and
         buys no speed, the search also stops at ``cpu_limit``.
 
         >>> f = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
@@ -248,7 +265,7 @@ class Smoothed(nn.Module):
         best, batch = 0, min(start, limit)
         while batch <= limit:
             try:
-                self.base_predict(torch.rand((batch, *shape), device=device))
+                self.base_predict(torch.rand((batch, *shape), device=device), eager=True)
             except torch.OutOfMemoryError:
                 break
             finally:

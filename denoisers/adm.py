@@ -26,13 +26,15 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from certify.checkpoint import build_checked, build_loaded, one_line, read_weights
 from certify.registry import refuse_unknown_options
 
 from . import register_denoiser
-from .diffusion import DiffusionDenoiser
+from .diffusion import VPDenoiser
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,7 @@ def _weights_file(identifier: str) -> Path:
                      f"adm:https://.../FILE.pt or adm:OWNER/REPO/FILE.pt on the Hugging Face Hub")
 
 
-class ADMDenoiser(DiffusionDenoiser):
+class ADMDenoiser(VPDenoiser):
     """An ADM UNet (guided-/improved-diffusion) and its ``GaussianDiffusion`` under the one diffusion rule.
 
     The model is called as published: ``model(x_t, t)`` with t rescaled to 0..1000 when the
@@ -206,6 +208,7 @@ def create_adm(identifier: str | None = None, preset: str | None = None, **kwarg
     del state  # the model holds these tensors now (fp16 conversion below frees the fp32 ones)
     if flags["use_fp16"]:
         model.convert_to_fp16()
+    use_fused_attention(model)
     return ADMDenoiser(model.eval(), made["diffusion"], flags, name=preset or path.stem, **options)
 
 
@@ -234,3 +237,38 @@ def check_adm(identifier: str | None = None, **_: Any) -> list[str]:
 
 
 create_adm.check = check_adm  # the registry's preflight check
+
+
+class FusedQKVAttention(nn.Module):
+    """guided-diffusion's ``QKVAttention`` (``legacy=False``) or ``QKVAttentionLegacy`` through torch's
+    ``scaled_dot_product_attention`` (flash / memory-efficient kernels on a GPU) instead of two einsums and
+    a materialised T x T softmax: the same heads, the same 1 / sqrt(ch) scale, [N x (3 H C) x T] -> [N x (H C) x T].
+
+    >>> FusedQKVAttention(n_heads=2, legacy=True)(torch.randn(1, 3 * 2 * 8, 10)).shape
+    torch.Size([1, 16, 10])
+    """
+
+    def __init__(self, n_heads: int, legacy: bool) -> None:
+        super().__init__()
+        self.n_heads, self.legacy = n_heads, legacy
+
+    def forward(self, qkv: torch.Tensor) -> torch.Tensor:
+        bs, width, length = qkv.shape
+        ch = width // (3 * self.n_heads)
+        if self.legacy:  # heads first, then q, k, v within each head
+            q, k, v = qkv.reshape(bs, self.n_heads, 3 * ch, length).split(ch, dim=2)
+        else:  # q, k, v first, then heads
+            q, k, v = qkv.reshape(bs, 3, self.n_heads, ch, length).unbind(1)
+        a = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return a.transpose(-1, -2).reshape(bs, -1, length)
+
+
+def use_fused_attention(model: nn.Module) -> nn.Module:
+    """Swap every guided-diffusion attention computation in ``model`` for `FusedQKVAttention` (no weights change)."""
+    from guided_diffusion.unet import QKVAttention, QKVAttentionLegacy
+
+    for block in list(model.modules()):
+        attention = getattr(block, "attention", None)
+        if type(attention) in (QKVAttention, QKVAttentionLegacy):
+            block.attention = FusedQKVAttention(attention.n_heads, legacy=type(attention) is QKVAttentionLegacy)
+    return model

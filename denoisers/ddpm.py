@@ -26,7 +26,7 @@ from torch import nn
 from certify.libraries import hub_problems, is_hub_id, reachable
 
 from . import register_denoiser
-from .diffusion import PREDICTION_TYPES, DiffusionDenoiser, TimestepRule, noise_to_signal, timestep_for_sigma
+from .diffusion import PREDICTION_TYPES, DiffusionDenoiser, TimestepRule, VPDenoiser, noise_to_signal, timestep_for_sigma
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,28 @@ def _alphas_cumprod_of(scheduler: Any) -> torch.Tensor:
     return torch.as_tensor(abar, dtype=torch.float64).detach().cpu()
 
 
-class DDPMDenoiser(DiffusionDenoiser):
-    """A diffusers UNet and scheduler under the one diffusion rule (see `DiffusionDenoiser` for the options).
+def unet_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A UNet dtype option (``fp16``, ``bf16``, ``fp32`` or a torch dtype) as a torch dtype; None keeps the weights'.
+
+    >>> unet_dtype("bf16")
+    torch.bfloat16
+    """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
+        return DTYPES[dtype]
+    return dtype
+
+
+def run_unet(unet: nn.Module, x: torch.Tensor, timesteps: torch.Tensor, dtype: torch.dtype | None,
+             **conditioning: Any) -> torch.Tensor:
+    """A diffusers UNet's output tensor for ``x`` cast to ``dtype`` (None: the UNet's own)."""
+    out = unet(x.to(dtype or next(unet.parameters()).dtype), timesteps, **conditioning)
+    return out.sample if hasattr(out, "sample") else out[0] if isinstance(out, (tuple, list)) else out
+
+
+class DDPMDenoiser(VPDenoiser):
+    """A diffusers UNet and scheduler under the one diffusion rule (see `VPDenoiser` for the options).
 
     Args:
         unet: a diffusers ``UNet2DModel`` (or any module ``unet(x, t).sample`` / ``unet(x, t)[0]``).
@@ -53,7 +73,7 @@ class DDPMDenoiser(DiffusionDenoiser):
         dtype: run the UNet in this dtype (``fp16`` / ``bf16`` on a GPU); noise and the x_t / x0
             arithmetic stay fp32.
         prediction_type: overrides ``scheduler.config.prediction_type``.
-        **options: `DiffusionDenoiser`'s ``timestep_rule``, ``num_steps``, ``eta``, ``resize``.
+        **options: `VPDenoiser`'s ``timestep_rule``, ``num_steps``, ``eta``, ``resize``.
 
     >>> from diffusers import DDPMScheduler, UNet2DModel
     >>> unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(4, 8),
@@ -79,22 +99,20 @@ class DDPMDenoiser(DiffusionDenoiser):
                          prediction_type=prediction_type or config.get("prediction_type") or "epsilon",
                          learned_variance=learned, sample_size=ucfg.get("sample_size"), in_channels=in_channels,
                          name=type(unet).__name__, **options)
+        if self.timestep_rule == "exact" and ucfg.get("time_embedding_type") == "learned":
+            raise ValueError("timestep_rule='exact' calls the UNet at fractional timesteps, but its time embedding "
+                             "is a learned table of integer timesteps; use timestep_rule='first'")
         self.scheduler = scheduler
-        if isinstance(dtype, str):
-            if dtype not in DTYPES:
-                raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
-            dtype = DTYPES[dtype]
-        self.dtype = dtype
-        if dtype is not None:
-            self.model.to(dtype)
+        self.dtype = unet_dtype(dtype)
+        if self.dtype is not None:
+            self.model.to(self.dtype)
 
     @property
     def unet(self) -> nn.Module:
         return self.model
 
     def call_model(self, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        out = self.model(x_t.to(self.dtype or next(self.model.parameters()).dtype), timesteps)
-        return out.sample if hasattr(out, "sample") else out[0] if isinstance(out, (tuple, list)) else out
+        return run_unet(self.model, x_t, timesteps, self.dtype)
 
     # -- persistence --------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = torch.float16) -> Path:
@@ -136,8 +154,9 @@ def _scheduler_from_config(config: dict[str, Any]) -> Any:
     return scheduler_cls.from_config(config)
 
 
-def load_unet_and_scheduler(dir_or_id: str | os.PathLike) -> tuple[nn.Module, Any]:
-    """The UNet2DModel (fp32) and scheduler of a local folder or hub id, in either layout."""
+def load_unet_and_scheduler(dir_or_id: str | os.PathLike, default_scheduler: type | None = None) -> tuple[nn.Module, Any]:
+    """The UNet2DModel (fp32) and scheduler of a local folder or hub id, in either layout; without a scheduler
+    config, ``default_scheduler()`` (diffusers' DDPM schedule unless given), with a warning."""
     from diffusers import DDPMScheduler, UNet2DModel
 
     path = Path(dir_or_id).expanduser()
@@ -173,8 +192,9 @@ def load_unet_and_scheduler(dir_or_id: str | os.PathLike) -> tuple[nn.Module, An
         except Exception:
             config = None
     if config is None:
-        log.warning("no scheduler config beside %s; using diffusers' default DDPM schedule", dir_or_id)
-        scheduler = DDPMScheduler()
+        default_scheduler = default_scheduler or DDPMScheduler
+        log.warning("no scheduler config beside %s; using diffusers' default %s", dir_or_id, default_scheduler.__name__)
+        scheduler = default_scheduler()
     else:
         scheduler = _scheduler_from_config(config)
     return unet.float().eval(), scheduler
@@ -203,5 +223,5 @@ def create_ddpm(identifier: str | None = None, **kwargs: Any) -> DDPMDenoiser:
     return DDPMDenoiser.from_pretrained(identifier, **kwargs)
 
 
-__all__ = ["DDPMDenoiser", "DiffusionDenoiser", "PREDICTION_TYPES", "TimestepRule", "load_unet_and_scheduler",
+__all__ = ["DDPMDenoiser", "DiffusionDenoiser", "PREDICTION_TYPES", "TimestepRule", "VPDenoiser", "load_unet_and_scheduler",
            "noise_to_signal", "timestep_for_sigma"]

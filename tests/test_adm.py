@@ -333,3 +333,45 @@ def test_fp16_through_the_models_own_conversion_keeps_fp32_in_and_out(tiny64):
     with torch.no_grad():
         a, b = full(noisy, 0.25), half(noisy, 0.25)
     assert b.dtype == torch.float32 and (a - b).abs().max() < 1e-2
+
+
+def test_exact_rule_calls_guided_diffusions_unet_at_the_fractional_rescaled_timestep(tmp_path):
+    """guided-diffusion's timestep embedding takes float t (rescaled to 0..1000 here): x0 is the eps formula at
+    abar = 1 / (1 + (2 sigma)^2), the model called at t* * 1000 / T, and t* is neither of its neighbours."""
+    model, diffusion = _random_adm(TINY_COSINE, tmp_path / "m.pt")
+    den = create_denoiser(f"adm:{tmp_path / 'm.pt'}", timestep_rule="exact", **TINY_COSINE)
+    sigma = 0.3
+    t = den.timestep(sigma)
+    assert 0 < t - math.floor(t) < 1
+    noisy = torch.rand(2, 3, 32, 32) + sigma * torch.randn(2, 3, 32, 32)
+    abar = 1 / (1 + (2 * sigma) ** 2)
+    x_t = math.sqrt(abar) * (2 * noisy - 1)
+    with torch.no_grad():
+        eps = {s: model(x_t, torch.full((2,), s * 0.25))[:, :3] for s in (t, math.floor(t), math.ceil(t))}
+        ours = den(noisy, sigma)
+    ref = ((x_t - math.sqrt(1 - abar) * eps[t]) / math.sqrt(abar)).clamp(-1, 1)
+    torch.testing.assert_close(ours, (ref + 1) / 2, atol=1e-5, rtol=0)
+    assert not torch.allclose(eps[t], eps[math.floor(t)]) and not torch.allclose(eps[t], eps[math.ceil(t)])
+
+
+@pytest.mark.parametrize("new_order", [False, True], ids=["legacy-order", "new-order"])
+def test_fused_attention_equals_guided_diffusions_einsum_attention(tmp_path, new_order):
+    from guided_diffusion.unet import QKVAttention, QKVAttentionLegacy
+
+    from denoisers.adm import FusedQKVAttention, use_fused_attention
+
+    flags = dict(TINY64, num_head_channels=-1, num_heads=2, use_new_attention_order=new_order)
+    model, _ = _random_adm(flags, tmp_path / "m.pt")
+    einsum_type = QKVAttention if new_order else QKVAttentionLegacy
+    assert sum(type(m) is einsum_type for m in model.modules()) >= 2
+    x, t = torch.randn(2, 3, 64, 64), torch.tensor([10, 500])
+    qkv = torch.randn(2, 3 * 2 * 16, 40)
+    with torch.no_grad():
+        reference, single = model(x, t), einsum_type(2)(qkv)
+        torch.testing.assert_close(FusedQKVAttention(2, legacy=not new_order)(qkv), single, atol=1e-5, rtol=0)
+        use_fused_attention(model)
+        assert not any(type(m) is einsum_type for m in model.modules())
+        torch.testing.assert_close(model(x, t), reference, atol=1e-5, rtol=0)
+    assert reference.abs().mean() > 0.01  # a real output (the output conv is not the zero of a fresh model)
+    den = create_denoiser(f"adm:{tmp_path / 'm.pt'}", **flags)  # create_adm swaps them too
+    assert sum(isinstance(m, FusedQKVAttention) for m in den.modules()) >= 2

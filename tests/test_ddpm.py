@@ -229,3 +229,104 @@ def test_certification_with_the_shipped_mnist_ddpm_runs_end_to_end():
         assert radius >= 0 and (prediction != -1 or radius == 0)
     if CLASSIFIER.is_dir():  # a trained classifier behind a trained denoiser certifies most easy digits
         assert sum(p == y and r > 0 for y, p, r in results) >= 3, results
+
+
+# --- the exact rule: a fractional timestep at exactly sigma_VE -------------------------------------------
+def _level_at(abar: np.ndarray, t: float) -> float:
+    """The schedule's noise level at fractional t, written out: log sigma linear between floor(t) and floor(t) + 1."""
+    i, f = int(math.floor(t)), t - math.floor(t)
+    ratio = np.sqrt((1 - abar) / abar)
+    return math.exp((1 - f) * math.log(ratio[i]) + f * math.log(ratio[min(i + 1, len(abar) - 1)]))
+
+
+@pytest.mark.parametrize("kind", ["linear", "squaredcos_cap_v2"])
+def test_exact_rule_calls_the_model_where_the_schedules_level_is_two_sigma(kind):
+    den = _denoiser_for(DDPMScheduler(num_train_timesteps=1000, beta_schedule=kind), timestep_rule="exact")
+    abar = den.alphas_cumprod.double().numpy()  # diffusers' fp32 schedule (within 1e-4 of _abar_numpy's)
+    for sigma in (0.05, 0.12, 0.25, 0.37, 0.5, 0.75, 1.0, 2.0):
+        t = den.timestep(sigma)
+        first = _brute_force(abar, sigma, "first")
+        assert isinstance(t, float) and first - 1 < t <= first, (kind, sigma, t)
+        assert _level_at(abar, t) == pytest.approx(2 * sigma, rel=1e-6), (kind, sigma)
+        call = den.plan(sigma).calls[0]  # the scales the model input gets: sqrt(1 - abar) / sqrt(abar) is the level
+        assert call.t == t and call.b / call.a == pytest.approx(2 * sigma, rel=1e-6), (kind, sigma)
+        assert den.implied_sigma(sigma) == pytest.approx(sigma, rel=1e-9)
+
+
+class NoiseOracle(nn.Module):
+    """Predicts the engine's noise exactly (eps = d / sigma) and records the timesteps it is called at."""
+
+    def __init__(self, d, sigma, channels):
+        super().__init__()
+        self.eps, self.config, self.calls = d / sigma, {"in_channels": channels, "out_channels": channels}, []
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x_t, t):
+        self.calls.append(t.clone())
+        return SimpleNamespace(sample=self.eps)
+
+
+def test_exact_rule_returns_the_clean_image_at_any_sigma_where_first_does_not():
+    """x0 = (x_t - b eps) / a = x + (2 sigma - b / a) eps: clean only if the model is told exactly 2 sigma."""
+    g = torch.Generator().manual_seed(3)
+    clean = torch.rand(2, 1, 8, 8, generator=g)
+    sigma = 0.3  # between two timesteps of the linear schedule
+    d = sigma * torch.randn(clean.shape, generator=g)
+    errors = {}
+    for rule in ("first", "exact"):
+        model = NoiseOracle(d, sigma, channels=1)
+        den = DDPMDenoiser(model, DDPMScheduler(num_train_timesteps=1000), timestep_rule=rule)
+        with torch.inference_mode():
+            errors[rule] = float((den(clean + d, sigma) - clean).abs().max())
+        assert model.calls[0].dtype == (torch.float32 if rule == "exact" else torch.long)
+        assert float(model.calls[0][0]) == pytest.approx(den.timestep(sigma), abs=1e-4)
+    assert errors["exact"] < 2e-5 < 1e-3 < errors["first"], errors
+
+
+def test_fractional_timesteps_reach_the_unets_time_embedding(tiny_unet):
+    """diffusers' positional embedding takes float timesteps: t = 144.5 is neither 144 nor 145."""
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        at = {t: tiny_unet(x, torch.full((2,), t)).sample for t in (144, 144.5, 145)}
+    assert not torch.allclose(at[144.5], at[144]) and not torch.allclose(at[144.5], at[145])
+    with pytest.raises(ValueError, match="learned table of integer timesteps"):
+        DDPMDenoiser(UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(4, 8),
+                                 down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                                 layers_per_block=1, norm_num_groups=4, time_embedding_type="learned",
+                                 num_train_timesteps=1000), DDPMScheduler(), timestep_rule="exact")
+    with pytest.raises(ValueError, match="below the schedule's first noise level"):
+        timestep_for_sigma(_abar_numpy("linear"), 0.001, rule="exact")
+
+
+# --- today's certificates, to the bit ------------------------------------------------------------------
+#: Recorded with the starting commit 5657d31 (before the rule was expressed on sigma_VE): sample_counts with
+#: 64 samples per digit of mnist5k:test, seed 0, stream "estimation", small-cnn.mnist5k behind ddpm.mnist5k.
+RECORDED_COUNTS = {
+    (1.0, 1): {0: [62, 0, 0, 0, 1, 0, 0, 0, 1, 0], 66: [61, 0, 1, 1, 0, 1, 0, 0, 0, 0],
+               132: [0, 57, 0, 2, 0, 0, 0, 0, 3, 2], 231: [0, 0, 62, 0, 0, 1, 0, 0, 1, 0]},
+    (0.5, 3): {132: [0, 63, 0, 0, 0, 0, 0, 1, 0, 0]},
+}
+
+
+def test_first_rule_gives_the_recorded_certificates_and_the_papers_x0_to_the_bit():
+    from certify import Smoothed
+    from certify.data import create_dataset
+    from classifiers import create_classifier
+
+    data = create_dataset("mnist5k:test")
+    classifier = create_classifier("small-cnn.mnist5k").eval()
+    for (sigma, steps), rows in RECORDED_COUNTS.items():
+        g = Smoothed(classifier, create_denoiser("ddpm.mnist5k", num_steps=steps), sigma=sigma)
+        for i, counts in rows.items():
+            assert g.sample_counts(data[i][0], 64, 64, g.generator(0, i, "estimation")).tolist() == counts, (sigma, i)
+    cert = Smoothed(classifier, create_denoiser("ddpm.mnist5k"), sigma=0.25).certify_full(data[0][0], 16, 64, 0.001, 64)
+    assert (cert.prediction, cert.nA, round(cert.radius, 6)) == (0, 64, 0.317121)
+    # the one-shot estimate is Carlini et al.'s formula, computed here in the same fp32 operations
+    den = create_denoiser("ddpm.mnist5k")
+    noisy = torch.stack([data[i][0] for i in range(4)]) + 0.5 * torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    abar = den.alphas_cumprod[259]
+    with torch.inference_mode():
+        x_t = abar.sqrt() * (2.0 * noisy - 1.0)
+        eps = den.unet(x_t, torch.full((4,), 259)).sample
+        x0 = ((x_t - (1 - abar).sqrt() * eps) / abar.sqrt()).clamp(-1.0, 1.0)
+        assert torch.equal(den(noisy, 0.5), ((x0 + 1.0) / 2.0).clamp(0.0, 1.0))

@@ -1,5 +1,5 @@
-"""The fast path's options (channels_last, torch.compile, automatic batch size): same certificates,
-and the automatic batch is found once per run and kept on resume."""
+"""The fast path's options (channels_last, automatic batch size): same certificates, and the automatic batch
+is found once per run and kept on resume (torch.compile: tests/test_compile.py)."""
 
 from __future__ import annotations
 
@@ -53,13 +53,6 @@ def test_channels_last_gives_the_same_certificate_and_nhwc_batches():
     fast = Smoothed(f, sigma=0.25, channels_last=True)
     assert fast.certify_full(x, 20, 200, 0.001, 50, seed=1) == plain
     assert all(f.formats) and f.net[0].weight.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_compile_gives_the_same_certificate():
-    x = torch.rand(3, 8, 8)
-    plain = Smoothed(Conv(), sigma=0.25).certify_full(x, 20, 130, 0.001, 50, seed=2)
-    compiled = Smoothed(Conv(), sigma=0.25, compile=True)
-    assert compiled.certify_full(x, 20, 130, 0.001, 50, seed=2) == plain
 
 
 def test_find_batch_size_stops_at_memory_and_limits():
