@@ -16,7 +16,7 @@ import time
 import torch
 
 from certify.data import create_dataset
-from certify.results import write_json
+from benchlib import write_json
 from denoisers import create_denoiser
 
 

@@ -167,6 +167,25 @@ def run_certification(
             lock.release()
 
 
+def _from_all(counts: tuple[int, int, int], world_size: int) -> tuple[tuple[int, ...], int]:
+    """(forward passes, samples drawn, images) summed over the processes, and the passes of the busiest one."""
+    if world_size == 1:
+        return counts, counts[0]
+    from accelerate.utils import gather_object
+
+    every = gather_object([counts])
+    return tuple(sum(c[k] for c in every) for k in range(3)), max(c[0] for c in every)
+
+
+def packing_record(counts: tuple[int, ...], busiest: int, batch: int) -> dict[str, Any]:
+    """How full this invocation's forward passes were: passes per image and batch fill = samples drawn /
+    (passes x batch) (drawn counts what the look-ahead drew past a stop; the certificates count what they used)."""
+    passes, drawn, images = counts
+    return {"forward_passes": passes, "samples_drawn": drawn, "images": images, "batch": batch,
+            "passes_per_image": round(passes / images, 3) if images else None,
+            "batch_fill": round(drawn / (passes * batch), 4) if passes else None, "busiest_process_passes": busiest}
+
+
 def _from_rank0(value: Any, world_size: int) -> Any:
     """The main process's ``value`` on every process (a collective call when there are several)."""
     if world_size == 1:
@@ -220,6 +239,7 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, mode: Mode, 
     target = out if world_size == 1 else out.with_name(f"{out.name}.part-{rank:03d}")
     new_file = not target.exists() or target.stat().st_size == 0
     written, seen = 0, len(done)
+    passes, drawn = smoothed.passes, smoothed.drawn
     correct = sum(int(r[columns.index("correct")]) for r in done.values())
     try:
         with open_append(target) as fh:
@@ -243,11 +263,13 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, mode: Mode, 
             out.unlink(missing_ok=True)  # nothing half-written: no result file for a run that produced nothing
             manifest_path(out).unlink(missing_ok=True)
         raise
+    passes, drawn = _from_all((smoothed.passes - passes, smoothed.drawn - drawn, written), world_size)
     barrier()
     if rank == 0:
         _merge(out, columns, allowed)
         manifest = read_manifest(out) or {}
         manifest["end_time"] = _now()
+        manifest["packing"] = packing_record(passes, drawn, settings.batch)
         write_manifest(out, manifest)
     barrier()
     return out
@@ -292,4 +314,4 @@ def _merge(out: Path, columns: Sequence[str], allowed: set[int]) -> None:
         path.unlink()
 
 
-__all__ = ["image_source", "resolve_batch", "run_certification"]
+__all__ = ["image_source", "packing_record", "resolve_batch", "run_certification"]

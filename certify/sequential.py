@@ -112,7 +112,20 @@ class _Job:
             return self.sel_gen, min(self.max_step, selection_gap(self.sel_counts, self.n0 - self.sel_drawn))
         return self.test_gen, self.checks[self.k] - self.n
 
+    def look_ahead(self, room: int) -> list[tuple[torch.Generator, int]]:
+        """The chunks of the checks after the one `next_chunk` gave, while they fit in ``room`` (`certify.packing`):
+        drawn now, read in order, the same draws as one check at a time."""
+        if self.selecting:
+            return []
+        out, n, k = [], self.checks[self.k], self.k + 1
+        while k < len(self.checks) and self.checks[k] - n <= room:
+            out.append((self.test_gen, self.checks[k] - n))
+            room, n, k = room - (self.checks[k] - n), self.checks[k], k + 1
+        return out
+
     def observe(self, counts: np.ndarray, size: int, bad: torch.Tensor) -> None:
+        if self.done:  # drawn ahead, past the check where it stopped: not read
+            return
         if self.selecting:
             self.sel_counts += counts
             self.sel_drawn += size
@@ -248,7 +261,8 @@ def certify_at_stream(smoothed: Smoothed, images: Iterable[torch.Tensor], radius
                       indices: Iterable[int] | None = None, n0: int = 100, step: int | None = None,
                       abstain_alpha: float | None = None, mixture: str = "two-sided",
                       futility: float | None = None, growth: float = 0.0, max_step: int | None = None,
-                      boundary: str = "ville", selection: str = "argmax") -> Iterator[tuple[int, GridCertificate, float]]:
+                      boundary: str = "ville", selection: str = "argmax", look_ahead: bool = True
+                      ) -> Iterator[tuple[int, GridCertificate, float]]:
     """:func:`certify_at` for a stream of images, several per batch; yields (position, result, seconds) as each
     finishes.
 
@@ -278,7 +292,7 @@ def certify_at_stream(smoothed: Smoothed, images: Iterable[torch.Tensor], radius
     tests = tests_at(alpha) if selection == "argmax" else every_class_tests(tests_at, alpha, smoothed.num_classes)
     jobs = (_GridJob(smoothed, x, index, seed, n0, checks, max_step, select=selection == "argmax", tag=k, radii=radii,
                      tests=tests) for k, index, x in _indexed(smoothed, images, indices))
-    for job in run_packed(smoothed, jobs, batch_size):
+    for job in run_packed(smoothed, jobs, batch_size, look_ahead):
         yield job.tag, job.result(), job.seconds
 
 
@@ -331,7 +345,8 @@ def certify_anytime_stream(smoothed: Smoothed, images: Iterable[torch.Tensor], a
                            batch_size: int, seed: int = 0, indices: Iterable[int] | None = None,
                            n0: int = 100, step: int | None = None, rtol: float = 0.05,
                            bound: str = "one-class", growth: float = 0.0,
-                           max_step: int | None = None) -> Iterator[tuple[int, Certificate, float]]:
+                           max_step: int | None = None, look_ahead: bool = True
+                           ) -> Iterator[tuple[int, Certificate, float]]:
     """:func:`certify_anytime` for a stream of images, several per batch; yields (position, result, seconds) as
     each finishes."""
     checks, max_step = _schedule(smoothed, alpha, max_n, batch_size, n0, step, growth, max_step)
@@ -341,7 +356,7 @@ def certify_anytime_stream(smoothed: Smoothed, images: Iterable[torch.Tensor], a
         raise ValueError(f"bound must be one of {', '.join(BOUNDS)} (two-class needs >= 2 classes), got {bound!r}")
     jobs = (_AnytimeJob(smoothed, x, index, seed, n0, checks, max_step, tag=k, sigma=smoothed.sigma, alpha=alpha,
                         rtol=float(rtol), bound=bound) for k, index, x in _indexed(smoothed, images, indices))
-    for job in run_packed(smoothed, jobs, batch_size):
+    for job in run_packed(smoothed, jobs, batch_size, look_ahead):
         yield job.tag, job.result(), job.seconds
 
 

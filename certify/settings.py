@@ -90,6 +90,10 @@ class RunOptions:
     def __repr__(self) -> str:
         return f"RunOptions({self.record()!r})"
 
+    def items(self):
+        """Every option given (unset ones too, e.g. false), as given."""
+        return self._values.items()
+
     def replace(self, **changes: Any) -> RunOptions:
         return RunOptions({**self._values, **changes})
 
@@ -104,7 +108,9 @@ def _core(help: str, **kw: Any) -> dict[str, Any]:
 
 
 def _batch(value: Any) -> int | str:
-    return value if value == "auto" else whole("batch")(value)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"batch must be an int >= 1 or 'auto', got {value!r}")
 
 
 def _read_batch(text: str) -> int | str:
@@ -189,11 +195,12 @@ class RunSettings:
         mode = self.run_mode
         own = {o.name: o for o in (*COMMON_OPTIONS, BATCH_PROBED, *mode.options)}
         values = {}
-        for name, value in self.options.record().items():
+        for name, value in self.options.items():
             if name not in own:
                 owners = [m for m in MODES.list() if any(o.name == name for o in get_mode(m).options)]
+                hint = f" ({mode.hints[name]})" if name in mode.hints else ""
                 raise ValueError(f"{name} is an option of the {', '.join(owners)} mode{'s' if len(owners) > 1 else ''}, "
-                                 f"not of {self.mode!r}")
+                                 f"not of {self.mode!r}{hint}")
             values[name] = own[name].validate(value)
         self.options = RunOptions(values)
         mode.check(self)

@@ -133,6 +133,7 @@ class Smoothed(nn.Module):
             for net in (classifier, denoiser):
                 if net is not None:
                     net.to(memory_format=torch.channels_last)
+        self.passes = self.drawn = 0  # forward passes of `sample_batch` and the noisy samples they held
         prepare = getattr(denoiser, "prepare", None)
         if callable(prepare):  # the denoiser's sigma-dependent constants, chosen once and outside any compiled graph
             prepare(self.sigma)
@@ -313,6 +314,7 @@ class Smoothed(nn.Module):
         sizes = [size for _, size, _ in chunks]
         x0 = chunks[0][0]
         total = sum(sizes)
+        self.passes, self.drawn = self.passes + 1, self.drawn + total
         noisy = out[:total] if out is not None else torch.empty((total, *x0.shape), device=x0.device,
                                                                  dtype=torch.float32)
         at = 0

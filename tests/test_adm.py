@@ -309,18 +309,18 @@ def test_imagenet_preset_is_the_published_552m_parameter_unet():
 
 
 def test_paper_diffusion_configs_run_as_published():
-    from certify.compare import load_compare_config
+    from certify.compare import compare_runs, load_compare_config
 
     configs = Path(__file__).parents[1] / "recipes" / "configs"
-    imagenet = load_compare_config(configs / "paper_imagenet_diffusion.yaml")
-    assert imagenet["dataset_kwargs"]["size"] == adm_flags("imagenet256-uncond")["image_size"] == 256
-    assert (imagenet["n0"], imagenet["n"], imagenet["alpha"], imagenet["skip"]) == (100, 10_000, 0.001, 50)
-    assert {p.sigma for p in imagenet["pipelines"]} == {0.25, 0.5, 1.0}
-    assert {(p.denoiser, p.classifier) for p in imagenet["pipelines"]} == {
+    imagenet = [s for _, s, _ in compare_runs(load_compare_config(configs / "paper_imagenet_diffusion.yaml"))]
+    assert {s.options.dataset_kwargs["size"] for s in imagenet} == {adm_flags("imagenet256-uncond")["image_size"]} == {256}
+    assert {(s.n0, s.n, s.alpha, s.skip) for s in imagenet} == {(100, 10_000, 0.001, 50)}
+    assert {s.sigma for s in imagenet} == {0.25, 0.5, 1.0}
+    assert {(s.denoiser, s.classifier) for s in imagenet} == {
         ("adm:imagenet256-uncond", "timm:beit_large_patch16_512.in22k_ft_in22k_in1k")}
-    cifar = load_compare_config(configs / "paper_cifar10_diffusion.yaml")
-    assert (cifar["n0"], cifar["n"], cifar["alpha"], cifar["skip"]) == (100, 100_000, 0.001, 20)
-    by_denoiser = {d: {p.sigma for p in cifar["pipelines"] if p.denoiser == d} for d in {p.denoiser for p in cifar["pipelines"]}}
+    cifar = [s for _, s, _ in compare_runs(load_compare_config(configs / "paper_cifar10_diffusion.yaml"))]
+    assert {(s.n0, s.n, s.alpha, s.skip) for s in cifar} == {(100, 100_000, 0.001, 20)}
+    by_denoiser = {d: {s.sigma for s in cifar if s.denoiser == d} for d in {s.denoiser for s in cifar}}
     assert by_denoiser == {"adm:cifar10-uncond": {0.25, 0.5, 1.0}, "ddpm:google/ddpm-cifar10-32": {0.25, 0.5, 1.0}}
     assert adm_flags("cifar10-uncond")["image_size"] == 32  # CIFAR-10's own size: no resize in front of it
 

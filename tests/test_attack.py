@@ -268,7 +268,7 @@ def test_bad_attack_settings_are_one_line_errors_before_writing(tmp_path, capsys
 
 
 def test_attack_options_outside_attack_mode_are_refused():
-    with pytest.raises(ValueError, match="belong to attack mode"):
+    with pytest.raises(ValueError, match="is an option of the attack mode"):
         RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, options={"eps": [0.5]}).validate()
     with pytest.raises(ValueError, match="attack mode needs the radii"):
         RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, mode="attack").validate()

@@ -6,7 +6,6 @@ the scripts from rotting.
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    """A benchmark script as a module, its folder on the path as when it runs (it imports ``benchlib``)."""
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
+    """A benchmark script as a module (its folder is on the path, tests/conftest.py: it imports ``benchlib``)."""
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -88,10 +85,13 @@ def test_dds_cost_smoke(tmp_path):
     pytest.importorskip("guided_diffusion")
     out = tmp_path / "d.json"
     result = _load("dds_cost").main(["--tiny", "--samples", "8", "--batch", "4", "--configs", "fp32", "bf16",
-                                     "--out", str(out)])
+                                     "--sequential-configs", "fp32", "--photos", "2", "--sequential-n", "100", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
-    assert [r["config"] for r in result["runs"]] == ["fp32", "bf16"]
-    for run in result["runs"]:
+    assert [r["config"] for r in result["runs"]] == ["fp32", "bf16", "fp32"]
+    recorded = result["runs"][-1]  # the end-to-end sequential row: 2 photos whose votes follow recorded rates
+    assert recorded["mode"] == "sequential (recorded rates)" and recorded["photos"] == 2
+    assert 0 < recorded["batch_fill"] <= 1 and recorded["samples_used_per_image"] <= 100
+    for run in result["runs"][:2]:
         assert run["batch"] == 4 and run["samples"] == 8 and run["samples_per_s"] > 0
         assert run["seconds_per_image_cohen"] == pytest.approx(10_100 / run["samples_per_s"])
         for sigma, count in result["sequential_sample_counts"]["mean_samples"].items():

@@ -145,11 +145,12 @@ def test_refusals_are_one_line(tmp_path):
 def test_the_imagenet64_consistency_config_denoises_at_64_px_with_a_label_from_the_noisy_image():
     from pathlib import Path
 
-    from certify.compare import load_compare_config
+    from certify.compare import compare_runs, load_compare_config
 
     config = load_compare_config(Path(__file__).parents[1] / "recipes" / "configs" / "paper_imagenet64_consistency.yaml")
-    assert config["dataset_kwargs"]["size"] == 64 and (config["n0"], config["n"], config["alpha"]) == (100, 10_000, 0.001)
-    for p in config["pipelines"]:
-        assert p.denoiser == "cm:openai/diffusers-cd_imagenet64_lpips"
-        assert p.denoiser_kwargs == {"label_classifier": p.classifier}  # the classifier's own vote on x + d
-    assert {p.sigma for p in config["pipelines"]} == {0.25, 0.5, 1.0}
+    runs = [s for _, s, _ in compare_runs(config)]
+    for s in runs:
+        assert s.options.dataset_kwargs["size"] == 64 and (s.n0, s.n, s.alpha) == (100, 10_000, 0.001)
+        assert s.denoiser == "cm:openai/diffusers-cd_imagenet64_lpips"
+        assert s.options.denoiser_kwargs == {"label_classifier": s.classifier}  # the classifier's own vote on x + d
+    assert {s.sigma for s in runs} == {0.25, 0.5, 1.0}

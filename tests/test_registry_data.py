@@ -124,7 +124,8 @@ def test_the_real_packages_find_their_plugins():
     from certify.registry import plugin_modules
 
     assert plugin_modules("denoisers", "denoiser") == [
-        "denoisers.adm", "denoisers.ddpm", "denoisers.dncnn", "denoisers.ffdnet", "denoisers.identity", "denoisers.memnet"]
+        "denoisers.adm", "denoisers.cm", "denoisers.ddpm", "denoisers.dncnn", "denoisers.edm", "denoisers.ffdnet",
+        "denoisers.identity", "denoisers.memnet"]
     assert plugin_modules("classifiers", "classifier") == [
         "classifiers.clip", "classifiers.efficientnet_lite", "classifiers.hf_models", "classifiers.remote",
         "classifiers.small_cnn", "classifiers.timm_models", "classifiers.torchvision_models"]

@@ -119,7 +119,7 @@ def test_selection_option_is_checked_recorded_and_part_of_a_runs_identity(tmp_pa
         main([*args, "--selection", "first", "--out", str(tmp_path / "a.tsv")])
     assert "--selection: expected one of 'argmax', 'all', got 'first'" in capsys.readouterr().err and not list(tmp_path.iterdir())
     assert main(["certify", *args[5:], "--selection", "all", "--out", str(tmp_path / "b.tsv")]) == 2
-    assert "selection is a sequential-mode option" in capsys.readouterr().err
+    assert "selection is an option of the sequential mode, not of 'certify'" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "c.tsv")]) == 0
     assert json.loads((tmp_path / "c.json").read_text())["settings"]["options"]["selection"] == "all"
     used = [line.split("\t") for line in (tmp_path / "c.tsv").read_text().splitlines()[1:]]

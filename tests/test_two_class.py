@@ -141,6 +141,6 @@ def test_cli_two_class_column_and_refusals(tmp_path, capsys):
     assert (tmp_path / "o.tsv").read_text().splitlines()[0].split("\t")[-2:] == ["n0", "source"]  # no pB_upper
     assert main([*args, "--mode", "sequential", "--radii", "0.25", "--bound", "two-class", "--out", str(tmp_path / "s.tsv")]) == 2
     err = capsys.readouterr().err
-    assert "certify (Cohen) and anytime modes" in err and "--mode anytime --bound two-class gives" in err
+    assert "bound is an option of the anytime, certify modes, not of 'sequential'" in err and "--mode anytime --bound two-class gives" in err
     assert main([*args, "--mode", "anytime", "--bound", "two-class", "--out", str(tmp_path / "a.tsv")]) == 0
     assert (tmp_path / "a.tsv").read_text().splitlines()[0].split("\t")[-2] == "pB_upper"

@@ -49,6 +49,8 @@ class Mode:
     uses_n0: ClassVar[bool] = True
     #: how its own columns are read back (beyond `certify.results`' parsers of the common ones)
     parsers: ClassVar[Mapping[str, Any]] = {}
+    #: why another mode's option does not apply here, and what to use instead (said when it is given)
+    hints: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, identifier: str | None = None) -> None:  # made by the registry, like every plugin
         if identifier is not None:

@@ -79,6 +79,8 @@ class Sequential(Mode):
                choices=SELECTIONS, default=SEQUENTIAL_SELECTION),
     )
     parsers = {"certified": lambda text: text}
+    hints = {"bound": "its tests decide preset radii with the one-class test; --mode anytime --bound two-class gives "
+                      "the two-class radius with early stopping"}
 
     def check(self, settings) -> None:
         if settings.options.radii is None:

@@ -1,0 +1,117 @@
+"""Packing in the sequential mode: forward passes per image, batch fill and images/s, one image per call vs packed.
+
+The same images, seed and settings three ways (`certify.sequential.certify_at_stream`, the function the
+sequential mode's run streams through):
+
+- ``one image per call``: each image alone, one check's chunk per forward pass (the run loop before packing);
+- ``packed``: every image streamed through one packer, several images' chunks per pass;
+- ``packed + look-ahead``: the same, and the room left in a pass goes to the checks after the next one
+  (the default of every run).
+
+Batch fill = samples drawn / (passes x batch); drawn includes what the look-ahead drew past a stop, the
+certificates count only what they used (``samples used``). The certificates must be identical in all three
+(checked, reported as ``identical``). Pipelines: the shipped MNIST ones (small-cnn behind the MSE DnCNN at
+each sigma, evenly spaced ``mnist5k:test`` digits) and, with ``--imagenet``, the ImageNet example
+(EfficientNet-Lite0 alone on foolbox's 20 photos at 224 px, n = 10,000).
+
+    python benchmarks/sequential_packing.py --images 100 --imagenet --out benchmarks/results/sequential_packing.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from benchlib import machine_info, write_json
+from certify import Smoothed
+from certify.data import create_dataset
+from certify.modes import SEQUENTIAL_GROWTH, SEQUENTIAL_STEP
+from certify.modes.sequential import SEQUENTIAL_BOUNDARY, SEQUENTIAL_FUTILITY, SEQUENTIAL_SELECTION
+from certify.sequential import certify_at_stream
+from classifiers import create_classifier
+from denoisers import create_denoiser
+
+WAYS = ("one image per call", "packed", "packed + look-ahead")
+
+
+def _run(g: Smoothed, images: list[torch.Tensor], indices: list[int], args, way: str) -> dict:
+    kwargs = dict(alpha=args.alpha, max_n=args.n, batch_size=args.batch, seed=0, step=SEQUENTIAL_STEP,
+                  growth=SEQUENTIAL_GROWTH, mixture=args.mixture, futility=SEQUENTIAL_FUTILITY,
+                  boundary=SEQUENTIAL_BOUNDARY, selection=SEQUENTIAL_SELECTION)
+    g.passes = g.drawn = 0
+    start = time.perf_counter()
+    if way == "one image per call":
+        results = [next(certify_at_stream(g, [x], args.radii, indices=[i], look_ahead=False, **kwargs))[1]
+                   for x, i in zip(images, indices)]
+    else:
+        found = {k: r for k, r, _ in certify_at_stream(g, images, args.radii, indices=indices,
+                                                        look_ahead=way.endswith("look-ahead"), **kwargs)}
+        results = [found[k] for k in range(len(images))]
+    seconds = time.perf_counter() - start
+    used = sum(r.n + r.n0 for r in results)
+    return {"way": way, "forward_passes": g.passes, "passes_per_image": round(g.passes / len(images), 2),
+            "samples_drawn": g.drawn, "samples_used": used, "batch_fill": round(g.drawn / (g.passes * args.batch), 4),
+            "seconds": round(seconds, 2), "images_per_s": round(len(images) / seconds, 2),
+            "certificates": [(r.cA, list(r.certified), r.n) for r in results]}
+
+
+def _pipelines(args) -> list[tuple[str, Smoothed, list, list]]:
+    out = []
+    digits = create_dataset("mnist5k:test")
+    indices = [int(i) for i in np.linspace(0, len(digits) - 1, args.images).round()]
+    for sigma in args.sigmas:
+        s = f"{round(sigma * 100):03d}"
+        g = Smoothed(create_classifier("small-cnn.mnist5k"), create_denoiser(f"dncnn.mnist5k_s{s}_mse"), sigma=sigma)
+        out.append((f"mnist dncnn-mse sigma={sigma}", g.to(args.device), [digits[i][0] for i in indices], indices))
+    if args.imagenet:
+        photos = create_dataset("foolbox:imagenet", size=224)
+        for sigma in (0.12, 0.25):
+            g = Smoothed(create_classifier("efficientnet-lite0"), sigma=sigma).to(args.device)
+            out.append((f"imagenet effnet-lite0 sigma={sigma}", g, [photos[i][0] for i in range(len(photos))],
+                        list(range(len(photos)))))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=100, help="evenly spaced mnist5k:test digits")
+    p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
+    p.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    p.add_argument("--n", type=int, default=100_000, help="the most samples an image may use")
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--mixture", default="one-sided")
+    p.add_argument("--imagenet", action="store_true", help="also the ImageNet example (n = --imagenet-n)")
+    p.add_argument("--imagenet-n", type=int, default=10_000)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="benchmarks/results/sequential_packing.json")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    for name, g, images, indices in _pipelines(args):
+        n = args.n
+        if name.startswith("imagenet"):
+            args.n, radii, args.radii = args.imagenet_n, args.radii, [0.1, 0.25, 0.5, 0.75]
+        ways = [_run(g, images, indices, args, way) for way in WAYS]
+        if name.startswith("imagenet"):
+            args.n, args.radii = n, radii
+        identical = all(w["certificates"] == ways[0]["certificates"] for w in ways)
+        for w in ways:
+            w.pop("certificates")
+            rows.append({"pipeline": name, "images": len(images), **w, "identical": identical})
+            print(f"{name:34s} {w['way']:22s} passes/img {w['passes_per_image']:7.2f}  fill {w['batch_fill']:.3f}  "
+                  f"{w['images_per_s']:7.2f} img/s  used {w['samples_used']:,}  drawn {w['samples_drawn']:,}  "
+                  f"identical {identical}")
+    result = {"benchmark": "sequential_packing", "machine": machine_info(args.device), "batch": args.batch,
+              "n": args.n, "mixture": args.mixture, "radii": args.radii, "rows": rows}
+    write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
