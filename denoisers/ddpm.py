@@ -24,14 +24,13 @@ import torch
 from torch import nn
 
 from certify.libraries import hub_problems, is_hub_id, reachable
+from certify.smoothing import PRECISIONS
 
 from . import register_denoiser
 from .diffusion import PREDICTION_TYPES, DiffusionDenoiser, TimestepRule, VPDenoiser, noise_to_signal, timestep_for_sigma
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-          "fp32": torch.float32, "float32": torch.float32}
 
 
 def _alphas_cumprod_of(scheduler: Any) -> torch.Tensor:
@@ -51,9 +50,9 @@ def unet_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     torch.bfloat16
     """
     if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be fp32, fp16 or bf16, got {dtype!r}")
-        return DTYPES[dtype]
+        if dtype not in PRECISIONS:
+            raise ValueError(f"dtype must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
+        return PRECISIONS[dtype]
     return dtype
 
 

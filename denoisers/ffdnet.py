@@ -58,7 +58,6 @@ class FFDNetDenoiser(nn.Module):
     def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor:
         if noisy.shape[1] != self.channels:
             raise ValueError(f"ffdnet ({self.channels} channels) got images with {noisy.shape[1]} channels")
-        self.prepare(sigma)
         noise_map = torch.full((noisy.shape[0],), float(sigma), dtype=noisy.dtype, device=noisy.device)
         return self.net(noisy, noise_map).clamp(0, 1)
 

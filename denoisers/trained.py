@@ -79,18 +79,12 @@ class TrainedDenoiser(ConfigCheckpoint, nn.Module):
         if noisy.ndim != 4 or noisy.shape[1] != self.arch_config["in_channels"]:
             raise ValueError(f"{self.architecture} expects images (B, {self.arch_config['in_channels']}, H, W), "
                              f"got shape {tuple(noisy.shape)}")
-        self._check_sigma(sigma)
         return self.denoise(noisy).clamp(0.0, 1.0)
 
     def prepare(self, sigma: float) -> None:
-        """Called once by `certify.smoothing.Smoothed` at assembly: a sigma-mismatch warning comes here, not
-        from inside a compiled forward (where it would break the graph)."""
-        self._check_sigma(sigma)
-
-    def _check_sigma(self, sigma: float) -> None:
+        """The run's sigma against the one this denoiser was trained for, once, at assembly (`certify.smoothing.
+        Smoothed` calls it; sigma itself was checked there): a mismatch is a warning, never per forward pass."""
         sigma = float(sigma)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma!r}")
         trained = self.sigma
         if trained is not None and abs(sigma - trained) > 1e-6 and sigma not in self._warned_sigmas:
             self._warned_sigmas.add(sigma)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from certify import Smoothed
 from classifiers import create_classifier
 from certify.training import freeze
 from denoisers import create_denoiser, list_denoisers
@@ -151,13 +152,14 @@ def test_corrupted_or_mismatched_checkpoint_is_a_clear_error(tmp_path):
 def test_other_sigma_warns_once_and_trained_sigma_does_not(tmp_path, caplog):
     DnCNN(1, depth=3, features=4, sigma=0.25).save_pretrained(tmp_path)
     model = create_denoiser(f"dncnn:{tmp_path}")
-    x = torch.rand(1, 1, 8, 8)
+    x = torch.full((1, 8, 8), 0.5)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
     with warnings.catch_warnings(record=True) as caught, caplog.at_level("WARNING"):
         warnings.simplefilter("always")
-        model(x, 0.25)
+        Smoothed(classifier, model, sigma=0.25, num_classes=2).certify(x, n0=5, n=20, alpha=0.01, batch_size=5)
         assert not caught and not caplog.records
-        for _ in range(3):  # three batches
-            model(x, 0.5)
+        g = Smoothed(classifier, model, sigma=0.5, num_classes=2)  # compared once, here, at assembly
+        g.certify(x, n0=5, n=20, alpha=0.01, batch_size=5)  # five batches
     said = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     # one line in all: once per sigma per model, not once per batch, and not as a warning AND a log line
     assert len(said) == 1 and "trained for sigma=0.25 but is used at sigma=0.5" in said[0]
