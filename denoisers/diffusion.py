@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from certify.smoothing import check_sigma
+
 from .resizing import RESIZE_MODES, resize, resize_noise_gain
 
 TimestepRule = Literal["first", "nearest", "exact"]
@@ -115,9 +117,7 @@ def timestep_for_sigma(alphas_cumprod: np.ndarray | torch.Tensor, sigma: float,
     >>> timestep_for_sigma(np.array([0.9, 0.5, 0.1]), 0.25, rule="nearest")
     0
     """
-    if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
-    return timestep_for_noise_level(alphas_cumprod, 2.0 * float(sigma), rule)
+    return timestep_for_noise_level(alphas_cumprod, 2.0 * check_sigma(sigma), rule)
 
 
 class DiffusionDenoiser(nn.Module):

@@ -72,7 +72,7 @@ def test_timestep_rule_rejects_bad_input():
     with pytest.raises(ValueError, match="sigma"):
         timestep_for_sigma(abar, 0.0)
     with pytest.raises(ValueError, match="only reaches"):
-        timestep_for_sigma(abar, 1e3)
+        timestep_for_sigma(abar, 90.0)  # within the rule of sigma, beyond the schedule (pixel 79)
     with pytest.raises(ValueError, match="rule"):
         timestep_for_sigma(abar, 0.5, rule="last")
 

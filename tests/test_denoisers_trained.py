@@ -91,8 +91,8 @@ def test_bad_arguments_are_clear_errors():
         DnCNN(in_channels=1, width=3)
     with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
         DnCNN(in_channels=1, depth=3, features=4)(torch.rand(2, 3, 8, 8), 0.25)
-    with pytest.raises(ValueError, match="sigma"):
-        DnCNN(in_channels=1, depth=3, features=4)(torch.rand(2, 1, 8, 8), 0.0)
+    with pytest.raises(ValueError, match="sigma must be a positive, finite number"):  # the one rule of sigma
+        DnCNN(in_channels=1, depth=3, features=4, sigma=0.0)
 
 
 # ---------------------------------------------------------------- checkpoints
