@@ -16,7 +16,8 @@ from .launch import warn_if_launch_ran_one_process
 from .registry import split_spec
 from .runs import run_certification
 from .settings import RunSettings
-from .smoothing import PRECISIONS, Smoothed
+from .rules import PRECISIONS
+from .smoothing import Smoothed
 
 
 

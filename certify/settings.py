@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from .modes import MODES, Mode, get_mode
 from .registry import close_matches
 from .schema import FLAG, KEYWORDS, Option, whole
-from .smoothing import PRECISIONS, check_sigma
+from .rules import PRECISIONS, check_sigma
 from .stats import check_alpha
 
 #: the precisions the networks may run in under autocast (the noise stays fp32)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from certify.smoothing import check_sigma
+from certify.rules import check_sigma
 
 from .resizing import RESIZE_MODES, resize, resize_noise_gain
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from certify.checkpoint import ConfigCheckpoint
-from certify.smoothing import check_sigma
+from certify.rules import check_sigma
 
 log = logging.getLogger(__name__)
 
