@@ -95,7 +95,7 @@ class RecordedVotes(Smoothed):
     def sample_batch(self, chunks, out=None):
         _, bad = super().sample_batch(chunks, out=out)  # the networks' cost, on every sample
         counts = torch.zeros(len(chunks), self.num_classes, dtype=torch.long, device=chunks[0][0].device)
-        for k, (x, size, generator) in enumerate(chunks):
+        for k, (x, size, generator, *_) in enumerate(chunks):  # a Chunk: its vote stream unused
             top, rate = self.rates[id(x)]
             hits = int((torch.rand(size, generator=generator, device=x.device) < rate).sum())
             counts[k, top], counts[k, (top + 1) % self.num_classes] = hits, size - hits

@@ -46,8 +46,8 @@ class Mutation:
 G, B = "tests/test_guarantees.py", "tests/test_boundary.py"
 MUTATIONS = (
     Mutation("selection-on-estimation-stream", "certify/smoothing.py",
-             'return Draws(x, self.generator(seed, index, "selection"), n0, batch_size, self.num_classes, estimation, k)',
-             'return Draws(x, self.generator(seed, index, "estimation"), n0, batch_size, self.num_classes, estimation, k)',
+             'return Draws(x, self.generator(seed, index, "selection"), n0, batch_size, self.num_classes, estimation, k, vote)',
+             'return Draws(x, self.generator(seed, index, "estimation"), n0, batch_size, self.num_classes, estimation, k, vote)',
              (G,), (f"{G}::test_selection_and_estimation_samples_are_independent",),
              "Cohen's cA chosen on the estimation stream, whose samples also enter the bound"),
     Mutation("anytime-two-class-no-split", "certify/sequential.py",

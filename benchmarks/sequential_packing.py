@@ -37,17 +37,17 @@ from denoisers import create_denoiser
 WAYS = ("one image per call", "packed", "packed + look-ahead")
 
 
-def _run(g: Smoothed, images: list[torch.Tensor], indices: list[int], args, way: str) -> dict:
-    kwargs = dict(alpha=args.alpha, max_n=args.n, batch_size=args.batch, seed=0, step=SEQUENTIAL_STEP,
+def _run(g: Smoothed, images: list[torch.Tensor], indices: list[int], args, way: str, n: int, radii: list) -> dict:
+    kwargs = dict(alpha=args.alpha, max_n=n, batch_size=args.batch, seed=0, step=SEQUENTIAL_STEP,
                   growth=SEQUENTIAL_GROWTH, mixture=args.mixture, futility=SEQUENTIAL_FUTILITY,
                   boundary=SEQUENTIAL_BOUNDARY, selection=SEQUENTIAL_SELECTION)
     g.passes = g.drawn = 0
     start = time.perf_counter()
     if way == "one image per call":
-        results = [next(certify_at_stream(g, [x], args.radii, indices=[i], look_ahead=False, **kwargs))[1]
+        results = [next(certify_at_stream(g, [x], radii, indices=[i], look_ahead=False, **kwargs))[1]
                    for x, i in zip(images, indices)]
     else:
-        found = {k: r for k, r, _ in certify_at_stream(g, images, args.radii, indices=indices,
+        found = {k: r for k, r, _ in certify_at_stream(g, images, radii, indices=indices,
                                                         look_ahead=way.endswith("look-ahead"), **kwargs)}
         results = [found[k] for k in range(len(images))]
     seconds = time.perf_counter() - start
@@ -62,7 +62,7 @@ def _pipelines(args) -> list[tuple[str, Smoothed, list, list]]:
     out = []
     digits = create_dataset("mnist5k:test")
     indices = [int(i) for i in np.linspace(0, len(digits) - 1, args.images).round()]
-    for sigma in args.sigmas:
+    for sigma in args.sigmas if args.images else ():
         s = f"{round(sigma * 100):03d}"
         g = Smoothed(create_classifier("small-cnn.mnist5k"), create_denoiser(f"dncnn.mnist5k_s{s}_mse"), sigma=sigma)
         out.append((f"mnist dncnn-mse sigma={sigma}", g.to(args.device), [digits[i][0] for i in indices], indices))
@@ -77,7 +77,7 @@ def _pipelines(args) -> list[tuple[str, Smoothed, list, list]]:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=100, help="evenly spaced mnist5k:test digits")
+    p.add_argument("--images", type=int, default=100, help="evenly spaced mnist5k:test digits (0: none)")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
     p.add_argument("--radii", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     p.add_argument("--n", type=int, default=100_000, help="the most samples an image may use")
@@ -94,22 +94,19 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     rows = []
     for name, g, images, indices in _pipelines(args):
-        n = args.n
-        if name.startswith("imagenet"):
-            args.n, radii, args.radii = args.imagenet_n, args.radii, [0.1, 0.25, 0.5, 0.75]
-        ways = [_run(g, images, indices, args, way) for way in WAYS]
-        if name.startswith("imagenet"):
-            args.n, args.radii = n, radii
+        imagenet = name.startswith("imagenet")
+        n, radii = (args.imagenet_n, [0.1, 0.25, 0.5, 0.75]) if imagenet else (args.n, args.radii)
+        ways = [_run(g, images, indices, args, way, n, radii) for way in WAYS]
         identical = all(w["certificates"] == ways[0]["certificates"] for w in ways)
         for w in ways:
             w.pop("certificates")
-            rows.append({"pipeline": name, "images": len(images), **w, "identical": identical})
+            rows.append({"pipeline": name, "images": len(images), "n": n, "radii": radii, **w, "identical": identical})
             print(f"{name:34s} {w['way']:22s} passes/img {w['passes_per_image']:7.2f}  fill {w['batch_fill']:.3f}  "
                   f"{w['images_per_s']:7.2f} img/s  used {w['samples_used']:,}  drawn {w['samples_drawn']:,}  "
-                  f"identical {identical}")
-    result = {"benchmark": "sequential_packing", "machine": machine_info(args.device), "batch": args.batch,
-              "n": args.n, "mixture": args.mixture, "radii": args.radii, "rows": rows}
-    write_json(args.out, result)
+                  f"identical {identical}", flush=True)
+        result = {"benchmark": "sequential_packing", "machine": machine_info(args.device), "batch": args.batch,
+                  "mixture": args.mixture, "rows": rows}
+        write_json(args.out, result)  # after each pipeline: a run cut short keeps what it measured
     return result
 
 

@@ -68,17 +68,19 @@ def check_attackable(smoothed: Smoothed) -> None:
                          f"labels, not gradients): SmoothAdv needs its logits. Attack a local surrogate instead")
 
 
-def soft_loss(smoothed: Smoothed, images: torch.Tensor, label: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_loss(smoothed: Smoothed, images: torch.Tensor, label: int, chunk: int,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """-log G(x)_y estimated on the noisy ``images`` (m, C, H, W), and its gradient with respect to them.
 
     Computed ``chunk`` images at a time in log space (a logsumexp across chunks), so a large m fits in
-    memory and a class probability of 1e-40 still has a gradient.
+    memory and a class probability of 1e-40 still has a gradient. A stochastic denoiser runs once per image,
+    its chain noise from ``generator`` (a vote has no gradient: one run is the attack's surrogate).
     """
     parts, grads = [], []
     for start in range(0, len(images), chunk):
         part = images[start:start + chunk].detach().requires_grad_(True)
         with torch.enable_grad(), smoothed.evaluating():  # BatchNorm statistics untouched, modes restored
-            out = smoothed.base_outputs(part)
+            out = smoothed.base_outputs(part, generator)
             if out.ndim != 2:
                 raise ValueError(f"{smoothed.describe()} returns hard labels, not logits: SmoothAdv needs gradients")
             log_p = torch.log_softmax(out.float(), dim=1)[:, label]
@@ -137,7 +139,7 @@ def smoothadv(smoothed: Smoothed, x: torch.Tensor, label: int, eps: float, gener
                 delta = project(x, direction / direction.norm() * eps * u ** (1.0 / x.numel()), eps)
             for _ in range(steps):
                 noise = torch.randn((m, *x.shape), generator=generator, device=x.device) * smoothed.sigma
-                _, grad = soft_loss(smoothed, x + delta + noise, label, batch_size)
+                _, grad = soft_loss(smoothed, x + delta + noise, label, batch_size, generator)
                 grad = grad.sum(dim=0)  # d/d delta of the loss: every noisy copy moves with delta
                 norm = float(grad.norm())
                 if not math.isfinite(norm):
@@ -145,7 +147,7 @@ def smoothadv(smoothed: Smoothed, x: torch.Tensor, label: int, eps: float, gener
                 if norm > 0:
                     delta = project(x, delta + step_size * grad / norm, eps)
             noise = torch.randn((m, *x.shape), generator=generator, device=x.device) * smoothed.sigma
-            loss = float(soft_loss(smoothed, x + delta + noise, label, batch_size)[0])
+            loss = float(soft_loss(smoothed, x + delta + noise, label, batch_size, generator)[0])
             if loss > best_loss:
                 best, best_loss = (x + delta).clamp(0.0, 1.0), loss
     return best.detach()

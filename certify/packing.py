@@ -3,8 +3,9 @@
 A job (one image's sampling state) says which generator and how many draws it needs next
 (``next_chunk``), takes the class counts of that chunk (``observe``) and says when it is ``done``. Jobs
 whose next chunks fit share one forward pass; a finished job's room goes to the next image. A job draws
-exactly the chunks it would draw alone, from its own generators, so its results do not depend on who
-shared its batches, on the batch order, or on the process that ran it.
+exactly the chunks it would draw alone, from its own generators (its smoothing noise, and its chain noise
+when the denoiser's runs are stochastic: `Chunk`), so its results do not depend on who shared its
+batches, on the batch order, or on the process that ran it.
 
 The host is read only when it must be: a job that decides as it goes (``wants_counts``: the sequential
 tests) gets its counts as a NumPy row, read once per batch for all such jobs; a job of fixed size
@@ -17,22 +18,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 
+class Chunk(NamedTuple):
+    """``size`` noisy copies of image ``x``, their smoothing noise from ``generator``; ``vote``: the image's stream
+    of chain noise when its denoiser's runs are stochastic (`certify.voting`), else None."""
+
+    x: torch.Tensor
+    size: int
+    generator: torch.Generator
+    vote: torch.Generator | None = None
+
+
 class Sampler(Protocol):
     """What the packer needs of `certify.smoothing.Smoothed`."""
 
-    def sample_batch(self, chunks, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def sample_batch(self, chunks: list[Chunk], out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def refuse(self, where: str) -> Exception: ...
 
 
 class Job(Protocol):
-    """One image's sampling state, as the packer sees it."""
+    """One image's sampling state, as the packer sees it (``vote``, optional: its chain-noise stream, `Chunk`)."""
 
     x: torch.Tensor
     done: bool
@@ -50,14 +61,15 @@ class Draws:
 
     ``then``: a further `Draws` of the same image that starts when this one is done (CERTIFY's estimation
     after its selection); `phases` lists them all. ``tag``: the caller's, e.g. the image's place in its stream.
+    ``vote``: the image's chain-noise stream (`Chunk`), shared by its phases, which draw from it in order.
     """
 
     wants_counts = False
 
     def __init__(self, x: torch.Tensor, generator: torch.Generator, total: int, batch_size: int, num_classes: int,
-                 then: "Draws | None" = None, tag: Any = None) -> None:
+                 then: "Draws | None" = None, tag: Any = None, vote: torch.Generator | None = None) -> None:
         self.x, self.generator, self.total, self.batch_size, self.then = x, generator, total, batch_size, then
-        self.tag = tag
+        self.tag, self.vote = tag, vote
         self.counts = torch.zeros(num_classes, dtype=torch.long, device=x.device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=x.device)
         self.drawn = self.batches = 0
@@ -150,7 +162,8 @@ def run_packed(sampler: Sampler, jobs: Iterable[Job], batch_size: int, look_ahea
                 used += sum(size for _, size in extra)
         if buffer is None:
             buffer = torch.empty((batch_size, *shape), dtype=torch.float32, device=batch[0][0].x.device)
-        counts, bad = sampler.sample_batch([(job.x, size, generator) for job, generator, size in batch], out=buffer)
+        counts, bad = sampler.sample_batch([Chunk(job.x, size, generator, getattr(job, "vote", None))
+                                            for job, generator, size in batch], out=buffer)
         host = None
         if any(job.wants_counts for job, _, _ in batch):  # one read for every job that decides now
             host = torch.cat([counts.flatten(), bad.view(1).long()]).cpu().numpy()
@@ -185,4 +198,4 @@ def in_order(finished: Iterable[tuple[int, Any, float]]) -> Iterator[Any]:
             next_up += 1
 
 
-__all__ = ["Draws", "Job", "Sampler", "in_order", "run_packed"]
+__all__ = ["Chunk", "Draws", "Job", "Sampler", "in_order", "run_packed"]

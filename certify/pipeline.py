@@ -16,7 +16,8 @@ from .launch import warn_if_launch_ran_one_process
 from .registry import split_spec
 from .runs import run_certification
 from .settings import RunSettings
-from .smoothing import PRECISIONS, Smoothed
+from .rules import PRECISIONS
+from .smoothing import Smoothed
 
 
 
@@ -55,7 +56,8 @@ def build_smoothed(settings: RunSettings, device: str | None = None,
     classifier = create_classifier(settings.classifier, **kwargs).eval().to(dev)
     denoiser = create_denoiser(settings.denoiser, **settings.options.denoiser_kwargs).eval().to(dev)
     return Smoothed(classifier, denoiser, sigma=settings.sigma, autocast_dtype=PRECISIONS.get(settings.options.autocast),
-                    channels_last=settings.options.channels_last, compile=settings.options.compile)
+                    channels_last=settings.options.channels_last, compile=settings.options.compile,
+                    votes=settings.options.votes or 1)
 
 
 def distributed_context(device: str | None = None) -> tuple[int, int, Callable[[], None], torch.device]:

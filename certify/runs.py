@@ -144,8 +144,11 @@ def run_certification(
     _check_labels(dataset, indices, smoothed.num_classes, settings)
     mode.prepare(smoothed, dataset, indices, settings)
     check_size = getattr(smoothed.denoiser, "check_image_size", None)  # a diffusion model's resolution
-    if check_size is not None and indices:
-        check_size(tuple(dataset[indices[0]][0].shape))
+    if indices:
+        shape = tuple(dataset[indices[0]][0].shape)
+        if check_size is not None:
+            check_size(shape)
+        smoothed.vote.numbers(shape)  # votes > 1 over runs that cannot differ: refused before anything is written
     settings = resolve_batch(smoothed, dataset, settings, out, world_size)
     lock = OutputLock(out) if rank == 0 else None
     try:
@@ -221,7 +224,7 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, mode: Mode, 
         manifest = {
             "settings": redact(settings.record()), "columns": list(columns), "versions": package_versions(),
             "command": redact(" ".join(sys.argv)), "world_size": world_size, "start_time": _now(),
-            "end_time": None, **redact(extra_manifest or {}),
+            "end_time": None, "cost_per_sample": smoothed.vote.cost(), **redact(extra_manifest or {}),
         }
         if previous is not None:
             manifest["start_time"] = previous.get("start_time", manifest["start_time"])

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .settings import RunSettings
+from .voting import denoise_once
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ def sample_row(name: str, settings: RunSettings, indices: Sequence[int], caption
         check_size = getattr(denoiser, "check_image_size", None)  # a diffusion model's resolution
         if check_size is not None:
             check_size(tuple(clean.shape[1:]))
-        with torch.no_grad():
-            denoised = denoiser(noisy.to(dev), settings.sigma).float().cpu()
+        with torch.no_grad():  # a stochastic chain's one run draws from a generator of the same seed
+            denoised = denoise_once(denoiser, noisy.to(dev), settings.sigma,
+                                    torch.Generator(dev).manual_seed(seed)).float().cpu()
     return SampleRow(name, settings.sigma, clean, noisy, denoised,
                      list(captions) if captions is not None else [f"idx {int(i)}" for i in indices])
 

@@ -95,6 +95,7 @@ class _Job:
         self.max_n = checks[-1]
         self.sel_gen = smoothed.generator(seed, index, "selection")
         self.test_gen = smoothed.generator(seed, index, "sequential")
+        self.vote = smoothed.vote_generator(seed, index, tuple(x.shape))  # chain noise of both, in draw order
         self.sel_counts = np.zeros(smoothed.num_classes, dtype=np.int64)
         self.counts = np.zeros(smoothed.num_classes, dtype=np.int64)  # of the test samples
         self.sel_drawn = 0

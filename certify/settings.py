@@ -18,11 +18,18 @@ from typing import Any, Mapping
 from .modes import MODES, Mode, get_mode
 from .registry import close_matches
 from .schema import FLAG, KEYWORDS, Option, whole
-from .smoothing import PRECISIONS, check_sigma
+from .rules import PRECISIONS, check_sigma
 from .stats import check_alpha
 
 #: the precisions the networks may run in under autocast (the noise stays fp32)
 AUTOCAST = tuple(name for name in PRECISIONS if name != "fp32")
+
+
+def _votes(value: Any) -> int | None:
+    """K >= 1 runs per noisy sample; 1 is no vote, recorded as unset (a run with --votes 1 resumes one without)."""
+    value = whole("votes")(value)
+    return None if value == 1 else value
+
 
 COMMON_OPTIONS = (
     Option("autocast", "run the networks in lower precision (noise stays fp32); GPU only", choices=AUTOCAST),
@@ -36,6 +43,9 @@ COMMON_OPTIONS = (
            flag_name="--dataset-arg", metavar="KEY=VALUE"),
     Option("label_from_api", "ground truth = a remote API's top label on the clean image (as Salman et al.)",
            kind=FLAG),
+    Option("votes", "DensePure's vote: the base classifier is f's majority over K runs of a stochastic denoiser per "
+           "noisy sample (e.g. --denoiser-arg num_steps=2 --denoiser-arg eta=1); costs K times the forward passes; "
+           "unset = 1 run, no vote", kind=int, check=_votes, metavar="K"),
 )
 #: set by the run, never by a user: "auto" when the batch was probed (`RunSettings.batch` holds what was found)
 BATCH_PROBED = Option("batch", "the batch was probed (--batch auto)", choices=("auto",))

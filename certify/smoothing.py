@@ -7,10 +7,7 @@ CERTIFY and PREDICT follow Cohen, Rosenfeld and Kolter (2019), with f o D as the
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
-import logging
-import math
 import types
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,60 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .packing import Draws, run_packed
+from .packing import Chunk, Draws, run_packed
+from .rules import PRECISIONS, NonFiniteOutput, PluginOutputError, check_sigma, stream_seed  # noqa: F401 (public here too)
 from .stats import ABSTAIN, BOUNDS, Certificate, certificate, check_alpha, two_sided_binomial_pvalue
-
-log = logging.getLogger(__name__)
-
-#: the precisions a network may run in, by name (the noise is always drawn and added in fp32)
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-#: Noise levels are [0,1] pixel units: the papers use 0.12 to 1.0. Far above 1 every class is noise (a
-#: warning); above SIGMA_MAX the run is refused (fp32 noise would overflow long before 1e39 anyway).
-SIGMA_WARN, SIGMA_MAX = 2.0, 100.0
-
-
-def check_sigma(sigma: float) -> float:
-    """``sigma`` as a float if it is a usable noise level; a clear error otherwise, a warning if absurd.
-
-    >>> check_sigma(0.25)
-    0.25
-    """
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
-        raise ValueError(f"sigma must be a positive, finite number (noise std in [0,1] pixel units), got {sigma!r}")
-    if sigma > SIGMA_MAX:
-        raise ValueError(f"sigma={sigma!r} is far beyond any meaningful noise level for images in [0,1] "
-                         f"(the papers use 0.12 to 1.0); the largest accepted is {SIGMA_MAX:g}")
-    if sigma > SIGMA_WARN:
-        log.warning("sigma=%g is far outside [0,1] pixel units (the papers use 0.12 to 1.0): the noise drowns "
-                    "every image and nearly everything will abstain; images are in [0,1], not [0,255]", sigma)
-    return float(sigma)
-
-
-class NonFiniteOutput(ValueError):
-    """The networks returned NaN/inf (or an impossible class id, or a denoiser left [0, 1]): counting argmax of
-    NaN would certify garbage (behind a remote API, NaN images become black PNGs that all get one label)."""
-
-
-class PluginOutputError(ValueError):
-    """A denoiser or classifier returned a tensor of the wrong shape or type for the pipeline."""
-
-_STREAMS = ("selection", "estimation", "prediction", "sequential", "attack")
-
-
-def stream_seed(seed: int, index: int, stream: str) -> int:
-    """A 63-bit seed for one image's random stream, derived from (run seed, image index, purpose).
-
-    Streams never overlap between images or purposes, so an image's result does not depend on which
-    images ran before it, nor on which process ran it.
-
-    >>> stream_seed(0, 7, "selection") == stream_seed(0, 7, "selection") != stream_seed(0, 7, "estimation")
-    True
-    """
-    if stream not in _STREAMS:
-        raise ValueError(f"stream must be one of {_STREAMS}, got {stream!r}")
-    digest = hashlib.blake2b(f"{int(seed)}/{int(index)}/{stream}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+from .voting import Vote, majority
 
 
 @dataclass(frozen=True)
@@ -97,7 +44,9 @@ class Smoothed(nn.Module):
     A denoiser may define ``prepare(sigma: float) -> None``: it is called once here, at assembly, to
     choose what depends on sigma (a diffusion model's timestep and scales) as plain Python numbers, so
     that a compiled forward only looks them up; the denoiser must still be correct when called eagerly
-    at another sigma.
+    at another sigma. ``votes`` = K > 1: DensePure's vote, f's majority over K runs of a stochastic denoiser per
+    noisy sample, each run's chain noise from the image's own "vote" stream (`certify.voting`); a stochastic
+    denoiser draws from that stream with K = 1 too, a deterministic one draws nothing.
 
     >>> torch.manual_seed(0) is not None
     True
@@ -117,6 +66,7 @@ class Smoothed(nn.Module):
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         compile: bool | str = False,
+        votes: int = 1,
     ) -> None:
         super().__init__()
         sigma = check_sigma(sigma)
@@ -137,6 +87,8 @@ class Smoothed(nn.Module):
         prepare = getattr(denoiser, "prepare", None)
         if callable(prepare):  # the denoiser's sigma-dependent constants, chosen once and outside any compiled graph
             prepare(self.sigma)
+        self.vote = Vote(denoiser, self.sigma, votes, self.describe())  # the runs of D per sample, their noise
+        self.votes = self.vote.votes
         # The networks in one function, compiled once when asked (recompiles only for the last, short batch).
         # torch keeps one cache of compiled graphs, at most 8, per code object: each pipeline compiles its own
         # copy of _f_of_d's code, or a compare run of several compiled pipelines would fall back to eager.
@@ -153,16 +105,18 @@ class Smoothed(nn.Module):
             return p.device
         return torch.device(getattr(self.classifier, "device", "cpu"))
 
-    def _f_of_d(self, noisy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _f_of_d(self, noisy: torch.Tensor, chain_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(f(D(noisy)), a 0-dim flag: D returned values outside its ``output_range`` (NaN and inf included)).
 
         A denoiser promises images in [0, 1] (``output_range``); one that passes the noise through (the
         identity) says ``output_range = None``. The flag costs one min/max pass and no host sync.
+        ``chain_noise``: one row per noisy image, for a stochastic denoiser (`certify.voting`).
         """
         bad = torch.zeros((), dtype=torch.bool, device=noisy.device)
         if self.denoiser is None:
             return self.classifier(noisy), bad
-        images = self.denoiser(noisy, self.sigma)
+        images = (self.denoiser(noisy, self.sigma) if chain_noise is None
+                  else self.denoiser(noisy, self.sigma, chain_noise))
         if images.shape != noisy.shape:
             raise PluginOutputError(f"the denoiser of {self.describe()} returned shape {tuple(images.shape)} for "
                                     f"noisy images of shape {tuple(noisy.shape)}; a denoiser returns images of the "
@@ -192,30 +146,45 @@ class Smoothed(nn.Module):
             for m in training:
                 m.training = True
 
-    def base_outputs(self, noisy: torch.Tensor) -> torch.Tensor:
+    def base_outputs(self, noisy: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """f(D(noisy)) for a batch: logits (B, K), or hard labels (B,) from a classifier that has no logits.
 
         Differentiable with respect to ``noisy`` when the networks are (the attacks use it); in the
-        pipeline's precision and memory format.
+        pipeline's precision and memory format. One run of D per image (a vote has no logits), its chain
+        noise, when D draws any, from ``generator``.
         """
-        return self._checked_outputs(noisy)[0]
+        return self._checked_outputs(noisy, chain_noise=self.vote.noise(noisy, [(len(noisy), generator)], 1))[0]
 
-    def _checked_outputs(self, noisy: torch.Tensor, eager: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _checked_outputs(self, noisy: torch.Tensor, eager: bool = False,
+                         chain_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`base_outputs` and the denoiser's flag of `_f_of_d` (``eager``: never through the compiled function)."""
         if self.channels_last and noisy.ndim == 4:
             noisy = noisy.contiguous(memory_format=torch.channels_last)
         with torch.autocast(noisy.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
-            return (self._f_of_d if eager else self._networks)(noisy)
+            return (self._f_of_d if eager else self._networks)(noisy, chain_noise)
 
-    def _classify(self, noisy: torch.Tensor, eager: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """(class ids of f(D(noisy)), a 0-dim flag on the device: the denoiser's output or the classifier's was
-        non-finite or out of range). An output of the wrong shape raises `PluginOutputError` at once (no sync)."""
-        out, bad = self._checked_outputs(noisy, eager)
+    def _classify(self, noisy: torch.Tensor, eager: bool = False,
+                  chain_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class ids of the base classifier on each noisy image, a 0-dim flag on the device: a denoiser's output or
+        the classifier's was non-finite or out of range). With ``chain_noise`` (``votes`` rows per image) each
+        image is denoised ``votes`` times and the class is their vote (`certify.voting.majority`), every run
+        checked. An output of the wrong shape raises `PluginOutputError` at once (no sync)."""
+        runs = self.votes if chain_noise is not None else 1
+        if runs > 1:
+            noisy = noisy.repeat_interleave(runs, dim=0)  # sample-major, as the chain noise
+        out, bad = self._checked_outputs(noisy, eager, chain_noise)
         self.check_output_shape(out, len(noisy))
         if out.ndim == 1:  # hard labels
-            return out, bad | ((out < 0) | (out >= self.num_classes)).any()
-        return out.argmax(dim=1), bad | ~torch.isfinite(out).all()
+            preds, bad = out, bad | ((out < 0) | (out >= self.num_classes)).any()
+        else:
+            preds, bad = out.argmax(dim=1), bad | ~torch.isfinite(out).all()
+        return (majority(preds, runs, self.num_classes) if runs > 1 else preds), bad
+
+    def vote_generator(self, seed: int, index: int, shape: tuple[int, ...]) -> torch.Generator | None:
+        """The image's "vote" stream, the chain noise of D's runs on its noisy samples, when D's runs on images
+        of ``shape`` draw any (`certify.voting.Vote.numbers`); None otherwise: nothing is drawn."""
+        return self.generator(seed, index, "vote") if self.vote.numbers(shape) else None
 
     def check_output_shape(self, out: torch.Tensor, batch: int) -> None:
         """Logits must be (batch, num_classes) and hard labels (batch,) integers: a network with more columns than
@@ -238,11 +207,14 @@ class Smoothed(nn.Module):
             f"count them. Check the weights (a denoiser trained at an absurd sigma is NaN) and the --autocast precision")
 
     @torch.inference_mode()
-    def base_predict(self, noisy: torch.Tensor, eager: bool = False) -> torch.Tensor:
-        """Class ids of f(D(noisy)) for a batch of noisy images, in eval mode (each module's mode restored);
-        non-finite outputs raise `NonFiniteOutput`. ``eager``: the networks uncompiled even under ``compile``."""
+    def base_predict(self, noisy: torch.Tensor, eager: bool = False, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+        """Class ids of the base classifier for a batch of noisy images (the vote, with ``votes`` > 1; chain noise
+        from ``generator``), in eval mode (each module's mode restored); non-finite outputs raise
+        `NonFiniteOutput`. ``eager``: the networks uncompiled even under ``compile``."""
+        chain = self.vote.noise(noisy, [(len(noisy), generator)], self.votes)
         with self.evaluating():
-            preds, bad = self._classify(noisy, eager)
+            preds, bad = self._classify(noisy, eager, chain)
         if bool(bad):
             raise self.refuse(f"a batch of {len(noisy)} noisy images")
         return preds
@@ -266,7 +238,8 @@ class Smoothed(nn.Module):
         best, batch = 0, min(start, limit)
         while batch <= limit:
             try:
-                self.base_predict(torch.rand((batch, *shape), device=device), eager=True)
+                self.base_predict(torch.rand((batch, *shape), device=device), eager=True,
+                                  generator=torch.Generator(device).manual_seed(0))
             except torch.OutOfMemoryError:
                 break
             finally:
@@ -301,29 +274,32 @@ class Smoothed(nn.Module):
         return torch.Generator(device=self.device).manual_seed(stream_seed(seed, index, stream))
 
     @torch.inference_mode()
-    def sample_batch(self, chunks: Sequence[tuple[torch.Tensor, int, torch.Generator]],
+    def sample_batch(self, chunks: Sequence[Chunk | tuple[torch.Tensor, int, torch.Generator]],
                      out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The one sampling step: for each chunk ``(x, size, generator)``, ``size`` noisy copies
-        ``x + sigma * N(0, I)`` (noise fp32, drawn from that chunk's generator), all in one forward pass.
+        """The one sampling step: for each chunk ``(x, size, generator[, vote])`` (`certify.packing.Chunk`), ``size``
+        noisy copies ``x + sigma * N(0, I)`` (noise fp32, drawn from that chunk's generator), all in one forward
+        pass; a stochastic denoiser's chain noise, ``votes`` runs per copy, from the chunk's ``vote`` stream.
 
         Returns the class counts per chunk, (len(chunks), K) on the device, and a 0-dim flag that is
         true when any output was non-finite or out of range (no host sync here: the caller decides
         when to look). ``out`` is an optional reusable buffer of at least the total size. Eval mode inside
         (each module's mode restored), without autograd.
         """
-        sizes = [size for _, size, _ in chunks]
-        x0 = chunks[0][0]
+        chunks = [Chunk(*chunk) for chunk in chunks]
+        sizes = [chunk.size for chunk in chunks]
+        x0 = chunks[0].x
         total = sum(sizes)
         self.passes, self.drawn = self.passes + 1, self.drawn + total
         noisy = out[:total] if out is not None else torch.empty((total, *x0.shape), device=x0.device,
                                                                  dtype=torch.float32)
         at = 0
-        for x, size, generator in chunks:
+        for x, size, generator, _ in chunks:
             part = torch.randn((size, *x.shape), generator=generator, out=noisy[at:at + size])
             part.mul_(self.sigma).add_(x)  # x + sigma * N(0, I), in place
             at += size
+        chain = self.vote.noise(noisy, [(chunk.size, chunk.vote) for chunk in chunks], self.votes)
         with self.evaluating():
-            preds, bad = self._classify(noisy)
+            preds, bad = self._classify(noisy, chain_noise=chain)
         K = self.num_classes  # noqa: N806
         slots = torch.where((preds >= 0) & (preds < K), preds, K).long()  # an impossible id: slot K, flagged, dropped
         if len(chunks) > 1:
@@ -334,13 +310,15 @@ class Smoothed(nn.Module):
         counts.index_add_(0, slots, torch.ones_like(slots))
         return counts.view(len(chunks), K + 1)[:, :K], bad
 
-    def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """Counts of f(D(x + d)) over ``num`` noise draws, in eval mode, batch by batch (`sample_batch`).
+    def sample_counts(self, x: torch.Tensor, num: int, batch_size: int, generator: torch.Generator,
+                      vote: torch.Generator | None = None) -> torch.Tensor:
+        """Counts of f(D(x + d)) over ``num`` noise draws, in eval mode, batch by batch (`sample_batch`); ``vote``:
+        the image's chain-noise stream when D's runs are stochastic (`vote_generator`).
 
         The counts stay on the device while sampling (no per-batch sync); the first batch with a
         non-finite output is tracked there too and raises `NonFiniteOutput` before any count is used.
         """
-        job = Draws(self.check_input(x), generator, num, batch_size, self.num_classes)
+        job = Draws(self.check_input(x), generator, num, batch_size, self.num_classes, vote=vote)
         next(run_packed(self, [job], batch_size))
         return torch.from_numpy(job.finish(self)[0])
 
@@ -361,8 +339,9 @@ class Smoothed(nn.Module):
             raise ValueError(f"bound must be one of {', '.join(BOUNDS)}, got {bound!r}")
 
         def job(k: int, index: int, x: torch.Tensor) -> Draws:
+            vote = self.vote_generator(seed, index, tuple(x.shape))  # both phases' chain noise, in order
             estimation = Draws(x, self.generator(seed, index, "estimation"), n, batch_size, self.num_classes)
-            return Draws(x, self.generator(seed, index, "selection"), n0, batch_size, self.num_classes, estimation, k)
+            return Draws(x, self.generator(seed, index, "selection"), n0, batch_size, self.num_classes, estimation, k, vote)
 
         for done in run_packed(self, self._jobs(images, indices, job), batch_size):
             counts0, counts = done.finish(self)
@@ -375,7 +354,8 @@ class Smoothed(nn.Module):
         check_alpha(alpha)
 
         def job(k: int, index: int, x: torch.Tensor) -> Draws:
-            return Draws(x, self.generator(seed, index, "prediction"), n, batch_size, self.num_classes, tag=k)
+            return Draws(x, self.generator(seed, index, "prediction"), n, batch_size, self.num_classes, tag=k,
+                         vote=self.vote_generator(seed, index, tuple(x.shape)))
 
         for done in run_packed(self, self._jobs(images, indices, job), batch_size):
             (counts,) = done.finish(self)

@@ -53,7 +53,7 @@ def train_classifier_from_config(path: str, resume: bool = False, overrides: Map
     Per epoch: mean training loss and held-out accuracy, logged to ``output_dir/log.jsonl``.
     ``overrides``: command-line values for the keys of :data:`OVERRIDES`.
     """
-    from certify.smoothing import check_sigma
+    from certify.rules import check_sigma
 
     cfg = load_training_config(path, CLASSIFIER_DEFAULTS, overrides)
     if cfg["noise_sigma"] != 0:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from certify.libraries import hub_problems, is_hub_id, reachable
-from certify.smoothing import PRECISIONS
+from certify.rules import PRECISIONS
 
 from . import register_denoiser
 from .diffusion import PREDICTION_TYPES, DiffusionDenoiser, TimestepRule, VPDenoiser, noise_to_signal, timestep_for_sigma

@@ -50,7 +50,7 @@ def training_timestep_range(scheduler_config: Mapping[str, Any], sigma_range: li
     """Timesteps t*(lo), t*(hi) for a pixel-sigma range (first-t rule), or the whole schedule."""
     from diffusers import DDPMScheduler
 
-    from certify.smoothing import check_sigma
+    from certify.rules import check_sigma
 
     scheduler = DDPMScheduler(**scheduler_config)
     if not sigma_range:

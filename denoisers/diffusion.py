@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from certify.rules import check_sigma
+
 from .resizing import RESIZE_MODES, resize, resize_noise_gain
 
 TimestepRule = Literal["first", "nearest", "exact"]
@@ -115,9 +117,7 @@ def timestep_for_sigma(alphas_cumprod: np.ndarray | torch.Tensor, sigma: float,
     >>> timestep_for_sigma(np.array([0.9, 0.5, 0.1]), 0.25, rule="nearest")
     0
     """
-    if not (isinstance(sigma, (int, float)) and np.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
-    return timestep_for_noise_level(alphas_cumprod, 2.0 * float(sigma), rule)
+    return timestep_for_noise_level(alphas_cumprod, 2.0 * check_sigma(sigma), rule)
 
 
 class DiffusionDenoiser(nn.Module):
@@ -165,6 +165,10 @@ class DiffusionDenoiser(nn.Module):
         """The raw model output for fp32 ``x`` at ``timesteps`` (the model's own time input); subclasses adapt it."""
         return self.model(x, timesteps, **conditioning)
 
+    def network_calls(self, sigma: float) -> int:
+        """Model calls per denoised image at pixel ``sigma`` (the engine's cost per sample counts them)."""
+        return 1
+
     # -- chosen once per sigma, outside the compiled graph ---------------------------------------------------
     def prepare(self, sigma: float) -> None:
         """Choose where the model is called at pixel ``sigma`` (for images at its size), once and eagerly.
@@ -209,8 +213,11 @@ class DiffusionDenoiser(nn.Module):
             f"size, or ask for an explicit rule (--denoiser-arg resize=bilinear, bicubic, area or nearest): "
             f"t* is then chosen for the noise level left after resizing")
 
-    def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor:
-        """``noisy = x + N(0, sigma^2)`` in pixel units (not clipped) -> estimate of x in [0, 1]."""
+    def forward(self, noisy: torch.Tensor, sigma: float, chain_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """``noisy = x + N(0, sigma^2)`` in pixel units (not clipped) -> estimate of x in [0, 1].
+
+        ``chain_noise``: a stochastic chain's standard-normal numbers, ``(B, chain_noise_numbers(sigma, shape))``
+        (`VPDenoiser`); the engine draws them from each image's own stream."""
         if noisy.ndim != 4:
             raise ValueError(f"expected a batch (B, C, H, W), got shape {tuple(noisy.shape)}")
         if self.in_channels is not None and noisy.shape[1] != self.in_channels:
@@ -224,7 +231,7 @@ class DiffusionDenoiser(nn.Module):
             x = resize(x, self.sample_size, self.resize)
         key = (float(sigma), size if resized else None)
         plan = self._plans[key] if key in self._plans else self.plan(*key)
-        x0 = self.denoise(2.0 * x - 1.0, plan)
+        x0 = self.denoise(2.0 * x - 1.0, plan) if chain_noise is None else self.denoise(2.0 * x - 1.0, plan, chain_noise)
         if resized:
             x0 = resize(x0, size, self.resize)
         return ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)
@@ -267,7 +274,9 @@ class VPDenoiser(DiffusionDenoiser):
         num_steps: 1 = one-shot (default). More runs the reverse chain from t* down to 0 in that many
             model calls on evenly spaced timesteps (the comparison in the paper; it tends to hallucinate).
         eta: noise of the multi-step chain: 0 = deterministic DDIM (default), 1 = DDPM ancestral sampling.
-            eta > 0 draws from the global torch RNG, so such runs are not reproducible by the engine's seed.
+            With eta > 0 and more than one call the chain is stochastic: each run takes its standard-normal
+            numbers as ``chain_noise`` (`chain_noise_numbers` of them per image), which the engine draws from
+            the image's own "vote" stream, so runs are reproducible and DensePure's vote can tell them apart.
         resize: see `DiffusionDenoiser`.
 
     >>> den = VPDenoiser(lambda x, t: torch.zeros_like(x), np.linspace(0.99, 0.01, 100))
@@ -341,6 +350,26 @@ class VPDenoiser(DiffusionDenoiser):
             moves.append((float(abar_s.sqrt()), float((1 - abar_s - std ** 2).clamp(min=0).sqrt()), float(std)))
         return VPPlan(t_star, tuple(self.call_at(t) for t in ts), tuple(moves))
 
+    # -- what one run costs and draws ------------------------------------------------------------------------
+    def network_calls(self, sigma: float) -> int:
+        """Model calls of one run at pixel ``sigma``: 1 one-shot, the chain's length otherwise."""
+        return len(self.plan(sigma).calls)
+
+    def chain_noise_numbers(self, sigma: float, shape: tuple[int, ...]) -> int:
+        """Standard-normal numbers one run draws per image of ``shape`` (C, H, W) at pixel ``sigma``: one image,
+        at the size the model works at, per move of a stochastic chain (eta > 0); 0 when the run is deterministic.
+
+        >>> den = VPDenoiser(lambda x, t: torch.zeros_like(x), np.linspace(0.99, 0.01, 100), num_steps=3, eta=1.0)
+        >>> den.chain_noise_numbers(0.5, (1, 4, 4)), VPDenoiser(den.model, den.abar64).chain_noise_numbers(0.5, (1, 4, 4))
+        (32, 0)
+        """
+        if self.eta == 0:
+            return 0
+        size = tuple(shape[-2:])
+        resized = self.sample_size is not None and size != self.sample_size and self.resize is not None
+        h, w = self.sample_size if resized else size
+        return len(self.plan(sigma, size if resized else None).moves) * int(shape[-3]) * h * w
+
     # -- the model calls ----------------------------------------------------------------------------------
     def x0_and_eps(self, x_t: torch.Tensor, call: VPCall) -> tuple[torch.Tensor, torch.Tensor]:
         """Clipped clean estimate x0 in [-1, 1] and the noise consistent with it, from one call."""
@@ -359,13 +388,24 @@ class VPDenoiser(DiffusionDenoiser):
         """`x0_and_eps` at timestep ``t`` (eager; the engine's calls go through the prepared plan)."""
         return self.x0_and_eps(x_t, self.call_at(t))
 
-    def denoise(self, x_ve: torch.Tensor, plan: VPPlan) -> torch.Tensor:
+    def denoise(self, x_ve: torch.Tensor, plan: VPPlan, chain_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The chain from t* down; a stochastic one (eta > 0) adds ``std z`` at each move, z the next image of
+        ``chain_noise`` (B, moves * C * H * W), each sample's numbers in move order."""
+        z = None
+        if self.eta > 0 and plan.moves:
+            wanted = (x_ve.shape[0], len(plan.moves) * x_ve[0].numel())
+            if chain_noise is None or tuple(chain_noise.shape) != wanted:
+                got = "none" if chain_noise is None else tuple(chain_noise.shape)
+                raise ValueError(f"a stochastic chain (eta={self.eta:g}, {len(plan.calls)} calls) takes its noise as "
+                                 f"chain_noise of shape {wanted} (standard normal, fp32), got {got}; the engine draws "
+                                 f"it from each image's stream")
+            z = chain_noise.float().view(x_ve.shape[0], len(plan.moves), *x_ve.shape[1:])
         x_t = plan.calls[0].a * x_ve  # sqrt(abar_t*) (x0 + sigma_VE eps): the forward process at t*
         for i, call in enumerate(plan.calls):
             x0, eps = self.x0_and_eps(x_t, call)
             if i < len(plan.moves):
                 c0, c1, std = plan.moves[i]
                 x_t = c0 * x0 + c1 * eps
-                if self.eta > 0:
-                    x_t = x_t + std * torch.randn_like(x_t)
+                if z is not None:
+                    x_t = x_t + std * z[:, i]
         return x0

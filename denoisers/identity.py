@@ -16,6 +16,9 @@ class Identity(nn.Module):
     def forward(self, noisy: torch.Tensor, sigma: float) -> torch.Tensor:
         return noisy
 
+    def network_calls(self, sigma: float) -> int:
+        return 0  # no network: the cost per sample is the classifier's alone
+
 
 @register_denoiser("none", summary="identity: no denoiser (Cohen et al. randomized smoothing)")
 def create_identity(identifier: str | None = None) -> Identity:

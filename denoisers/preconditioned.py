@@ -121,6 +121,10 @@ class PreconditionedDenoiser(DiffusionDenoiser):
     def call_model(self, x: torch.Tensor, timesteps: torch.Tensor, **conditioning: Any) -> torch.Tensor:
         return run_unet(self.model, x, timesteps, self.dtype, **conditioning)
 
+    def network_calls(self, sigma: float) -> int:
+        """One UNet call, and one of the label classifier when it gives the class."""
+        return 1 + (self.label_classifier is not None)
+
     def denoise(self, x_ve: torch.Tensor, plan: Preconditioning) -> torch.Tensor:
         out = self.model_output(plan.c_in * x_ve, plan.c_noise, class_labels=self.class_labels(x_ve))
         return (plan.c_skip * x_ve + plan.c_out * out).clamp(-1.0, 1.0)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from certify.checkpoint import ConfigCheckpoint
+from certify.rules import check_sigma
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +49,8 @@ class TrainedDenoiser(ConfigCheckpoint, nn.Module):
         if unknown:
             raise ValueError(f"unknown {self.architecture} option(s) {sorted(unknown)}; expected "
                              f"architecture options {sorted(arch_config)} or {list(PROVENANCE_KEYS)}")
-        if sigma is not None and not float(sigma) > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma!r}")
         self.arch_config = dict(arch_config)
-        self.provenance: dict[str, Any] = {"sigma": None if sigma is None else float(sigma), **provenance}
+        self.provenance: dict[str, Any] = {"sigma": None if sigma is None else check_sigma(sigma), **provenance}
         self._warned_sigmas: set[float] = set()
 
     @property

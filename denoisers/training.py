@@ -27,7 +27,7 @@ from torch import nn
 
 from certify.checkpoint import load_config
 from certify.registry import entry_spec
-from certify.smoothing import check_sigma
+from certify.rules import check_sigma
 from certify.training import (COMMON_DEFAULTS, export_bundle, freeze, load_training_config, load_training_state,
                               make_accelerator, make_loaders, make_optimizer, run_epochs)
 from classifiers import CLASSIFIERS

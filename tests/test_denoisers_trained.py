@@ -99,6 +99,8 @@ def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="sigma"):  # checked once, at assembly, not on every forward pass
         Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)), DnCNN(in_channels=1, depth=3, features=4), sigma=0.0,
                  num_classes=2)
+    with pytest.raises(ValueError, match="sigma must be a positive, finite number"):  # the one rule of sigma
+        DnCNN(in_channels=1, depth=3, features=4, sigma=0.0)
 
 
 # ---------------------------------------------------------------- checkpoints
