@@ -6,8 +6,8 @@ Nothing here calls the code it checks (`certify.stats`, `certify.betting`, `cert
 - `Bands`: a classifier whose smoothed class probabilities, and the true robust radius of g, are exact.
 - `Scripted`: a classifier that answers given labels in order, so a count vector becomes an exact outcome
   of the engine (enumerate the outcomes, weight each by its probability: an exact error rate).
-- Clopper-Pearson, Theorem 1's radius, the betting confidence sequence and the probability that a
-  binomial walk crosses a boundary, each from its definition.
+- Clopper-Pearson, Theorem 1's radius (and the top class with it), the betting confidence sequence and the
+  probability that a binomial walk crosses a boundary, each from its definition.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Bands(nn.Module):
         self.num_classes = len(cuts) + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.bucketize(x.flatten(1).double() @ self.w, self.cuts, right=True)
+        return ((x.flatten(1).double() @ self.w)[:, None] >= self.cuts).sum(dim=1)  # the cuts at or below z
 
     def mu(self, x: torch.Tensor) -> float:
         return float(x.flatten().double() @ self.w)
@@ -100,6 +100,12 @@ def cp_upper(k: int, n: int, level: float) -> float:
 def theorem1_radius(sigma: float, pA: float, pB: float) -> float:
     """g is constant within sigma / 2 (PhiInv(pA) - PhiInv(pB)) when pA > pB (Cohen et al., Theorem 1)."""
     return sigma / 2 * (norm.ppf(pA) - norm.ppf(pB)) if pA > pB else 0.0
+
+
+def theorem1_top(p, sigma: float) -> tuple[int, float]:
+    """The top class of the exact class probabilities ``p`` and Theorem 1's radius with the runner-up there."""
+    order = np.argsort(p)[::-1]
+    return int(order[0]), theorem1_radius(sigma, float(p[order[0]]), float(p[order[1]]))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from certify.pipeline import certify_dataset  # noqa: E402
 from denoisers import create_denoiser, list_denoisers  # noqa: E402
 from denoisers.adm import ADMDenoiser, adm_flags, build_adm  # noqa: E402
 from denoisers.diffusion import resize, resize_noise_gain  # noqa: E402
+from fixtures import random_adm  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TINY64 = dict(image_size=64, num_channels=32, num_res_blocks=1, channel_mult="1,2", attention_resolutions="32",
@@ -32,26 +33,15 @@ TINY_COSINE = dict(image_size=32, num_channels=32, num_res_blocks=1, channel_mul
                    rescale_timesteps=True)
 
 
-def _random_adm(flags: dict, path: Path, seed: int = 0):
-    """A guided-diffusion model with random weights (its output conv starts at zero), saved as a state dict."""
-    model, diffusion = build_adm(adm_flags(**flags))
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.05)
-    torch.save(model.state_dict(), path)
-    return model.eval(), diffusion
-
-
 @pytest.fixture(scope="module")
 def tiny64(tmp_path_factory):
     path = tmp_path_factory.mktemp("adm") / "tiny64.pt"
-    return (path, *_random_adm(TINY64, path))
+    return (path, *random_adm(TINY64, path))
 
 
 @pytest.mark.parametrize("flags", [TINY64, TINY_COSINE], ids=["64px-learned-sigma", "cosine-4000-rescaled"])
 def test_x0_equals_guided_diffusions_pred_xstart(tmp_path, flags):
-    model, diffusion = _random_adm(flags, tmp_path / "m.pt")
+    model, diffusion = random_adm(flags, tmp_path / "m.pt")
     den = create_denoiser(f"adm:{tmp_path / 'm.pt'}", **flags)
     assert isinstance(den, ADMDenoiser) and den.learned_variance and den.prediction_type == "epsilon"
     assert den.timestep_scale == (0.25 if flags.get("rescale_timesteps") else 1.0)
@@ -98,7 +88,7 @@ def _cosine_abar(steps: int) -> np.ndarray:
 
 
 def test_timestep_for_the_4000_step_cosine_schedule_agrees_with_an_independent_computation(tmp_path):
-    _random_adm(TINY_COSINE, tmp_path / "m.pt")
+    random_adm(TINY_COSINE, tmp_path / "m.pt")
     den = create_denoiser(f"adm:{tmp_path / 'm.pt'}", **TINY_COSINE)
     ratio = np.sqrt((1 - _cosine_abar(4000)) / _cosine_abar(4000))
     sigmas = (0.12, 0.25, 0.5, 1.0)
@@ -278,7 +268,7 @@ def test_the_effective_noise_level_denoises_better_than_the_nominal_one():
 def test_certification_runs_end_to_end_with_a_tiny_adm(tmp_path):
     from PIL import Image
 
-    _random_adm(TINY_COSINE, tmp_path / "adm.pt")
+    random_adm(TINY_COSINE, tmp_path / "adm.pt")
     rng = np.random.default_rng(0)
     for label in (0, 1):
         (tmp_path / "images" / str(label)).mkdir(parents=True)
@@ -338,7 +328,7 @@ def test_fp16_through_the_models_own_conversion_keeps_fp32_in_and_out(tiny64):
 def test_exact_rule_calls_guided_diffusions_unet_at_the_fractional_rescaled_timestep(tmp_path):
     """guided-diffusion's timestep embedding takes float t (rescaled to 0..1000 here): x0 is the eps formula at
     abar = 1 / (1 + (2 sigma)^2), the model called at t* * 1000 / T, and t* is neither of its neighbours."""
-    model, diffusion = _random_adm(TINY_COSINE, tmp_path / "m.pt")
+    model, diffusion = random_adm(TINY_COSINE, tmp_path / "m.pt")
     den = create_denoiser(f"adm:{tmp_path / 'm.pt'}", timestep_rule="exact", **TINY_COSINE)
     sigma = 0.3
     t = den.timestep(sigma)
@@ -361,7 +351,7 @@ def test_fused_attention_equals_guided_diffusions_einsum_attention(tmp_path, new
     from denoisers.adm import FusedQKVAttention, use_fused_attention
 
     flags = dict(TINY64, num_head_channels=-1, num_heads=2, use_new_attention_order=new_order)
-    model, _ = _random_adm(flags, tmp_path / "m.pt")
+    model, _ = random_adm(flags, tmp_path / "m.pt")
     einsum_type = QKVAttention if new_order else QKVAttentionLegacy
     assert sum(type(m) is einsum_type for m in model.modules()) >= 2
     x, t = torch.randn(2, 3, 64, 64), torch.tensor([10, 500])

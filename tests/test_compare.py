@@ -1,4 +1,6 @@
-"""`dsmooth compare`: every pipeline on the same images, a table that agrees with its TSVs, resume."""
+"""certify/compare.py, `dsmooth compare`: every pipeline on the same images, a table that agrees with its TSVs,
+resume, overrides, sequential mode, samples in the report; configs checked before anything is certified (bad
+keys, values, YAML, the attack section), every shipped config valid; no file written through a planted link."""
 
 from __future__ import annotations
 
@@ -8,28 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from certify.cli import main
 from certify.compare import compare_runs, load_compare_config
 from classifiers import list_classifiers
-from classifiers.small_cnn import SmallCNN
 from denoisers import list_denoisers
-
-CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
+from fixtures import CONFIGS
 
 
 @pytest.fixture
-def config(tmp_path) -> Path:
-    torch.manual_seed(0)
-    SmallCNN(width=8).save_pretrained(tmp_path / "cnn")
+def config(tmp_path, cnn_dir) -> Path:
     cfg = {
         "name": "tiny", "dataset": "digits:test", "n0": 10, "n": 100, "alpha": 0.01, "batch": 110, "skip": 7,
         "images": 6, "seed": 1, "radii": [0, 0.1, 0.2],
         "pipelines": [
-            {"name": "alone", "classifier": f"small-cnn:{tmp_path / 'cnn'}", "sigma": 0.12},
-            {"name": "alone-wide", "classifier": f"small-cnn:{tmp_path / 'cnn'}", "denoiser": "none", "sigma": 0.5},
+            {"name": "alone", "classifier": f"small-cnn:{cnn_dir}", "sigma": 0.12},
+            {"name": "alone-wide", "classifier": f"small-cnn:{cnn_dir}", "denoiser": "none", "sigma": 0.5},
         ],
     }
     path = tmp_path / "tiny.yaml"
@@ -37,7 +34,7 @@ def config(tmp_path) -> Path:
     return path
 
 
-def test_compare_table_matches_its_tsvs(config, tmp_path, capsys):
+def test_compare_table_matches_its_tsvs_and_draws_samples(config, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["compare", "--config", str(config), "--out", str(out), "--quiet"]) == 0
     rows = list(csv.reader(open(out / "table.csv")))
@@ -62,6 +59,15 @@ def test_compare_table_matches_its_tsvs(config, tmp_path, capsys):
     before = (out / "alone.tsv").read_text()
     assert main(["compare", "--config", str(config), "--out", str(out), "--quiet"]) == 0  # resume: nothing to do
     assert (out / "alone.tsv").read_text() == before
+
+    # the report draws samples; analyze does when asked, and builds no model otherwise
+    assert (out / "samples.png").stat().st_size > 1000 and "![samples](samples.png)" in (out / "README.md").read_text()
+    assert (out / "table.tex").read_text().count(r" \\") == 3  # the header and one row per pipeline
+    rep = tmp_path / "rep"
+    assert main(["analyze", str(out / "alone.tsv"), str(out / "alone-wide.tsv"), "--out", str(rep), "--samples"]) == 0
+    assert (rep / "samples.png").stat().st_size > 1000
+    assert main(["analyze", str(out / "alone.tsv"), "--out", str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "samples.png").exists()  # analyze builds no model unless asked
 
 
 def test_compare_overrides_and_bad_config(config, tmp_path, capsys):
@@ -112,77 +118,6 @@ def test_shipped_compare_configs_parse_and_name_registered_plugins(path):
         assert s.classifier.split(":")[0] in classifiers, s.classifier
 
 
-# -- issue 25, 14: curves at exact values, the legend beside them; samples of what each denoiser does ---------
-def _run(name, radius, correct, sigma=0.25):
-    from certify.analysis import RunResult
-
-    n = len(radius)
-    return RunResult(name, np.array(radius, float), np.array(correct), np.zeros(n, int), np.zeros(n), np.zeros(n),
-                     {"settings": {"sigma": sigma}})
-
-
-def test_curves_are_drawn_at_exact_values_with_the_legend_outside():
-    from certify.plots import curves_figure
-
-    ninety = _run("ninety", [0.2] * 9 + [0.0], [1] * 9 + [0])  # 90% up to r = 0.2, then 0%
-    twin = _run("twin", [0.2] * 9 + [0.0], [1] * 9 + [0])      # the very same curve
-    other = _run("other", [0.5, 0.1], [1, 1], sigma=0.5)
-    fig = curves_figure([ninety, twin, other], max_radius=1.0)
-    ax = fig.axes[0]
-    lines = ax.get_lines()
-    for line, run in zip(lines, (ninety, twin, other)):
-        x, y = line.get_xdata(), line.get_ydata()
-        assert list(y) == [100 * run.certified_accuracy(r) for r in x]  # exact, no nudge
-        assert line.get_drawstyle() == "steps-pre" and set(run.radius[run.correct == 1]) <= set(x)  # steps there
-    assert max(lines[0].get_ydata()) == 90.0 and min(lines[0].get_ydata()) == 0.0
-    assert list(lines[0].get_ydata()) == list(lines[1].get_ydata())
-    assert lines[0].get_marker() != lines[1].get_marker() and lines[0].get_markevery() != lines[1].get_markevery()
-    assert lines[0].get_linewidth() > lines[1].get_linewidth()  # the one below shows around the one on top
-    assert ax.get_ylim()[0] == 0 and 100 <= ax.get_ylim()[1] <= 105
-    fig.canvas.draw()
-    legend, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
-    assert legend.x0 >= box.x1  # beside the axes, covering no curve
-
-
-def test_samples_show_the_noisy_and_denoised_images_exactly(tmp_path, caplog):
-    from certify.data import create_dataset
-    from certify.samples import draw_samples, sample_row, write_samples
-    from certify.settings import RunSettings
-    from denoisers import create_denoiser
-
-    def settings(denoiser):
-        return RunSettings(classifier="small-cnn", dataset="digits:test", sigma=0.25, denoiser=denoiser)
-
-    alone, mse = draw_samples([sample_row("alone", settings("none"), [0, 7]),
-                               sample_row("mse", settings("dncnn.mnist5k_s025_mse"), [0, 7])]).subfigs
-    assert "alone: sigma = 0.25" in alone.get_suptitle() and "mse: sigma = 0.25, PSNR denoised" in mse.get_suptitle()
-    clean = create_dataset("digits:test")[7][0]
-    noisy = clean + 0.25 * torch.randn((2, *clean.shape), generator=torch.Generator().manual_seed(0))[1]
-    with torch.no_grad():
-        denoised = create_denoiser("dncnn.mnist5k_s025_mse").eval()(noisy[None], 0.25)[0]
-    panels = [ax.images[0].get_array() for ax in mse.axes if ax.images]
-    assert len(panels) == 6 and len([ax for ax in alone.axes if ax.images]) == 4  # no denoiser: clean and noisy only
-    assert np.allclose(panels[3], clean[0]) and np.allclose(panels[4], noisy[0].clamp(0, 1))
-    assert np.allclose(panels[5], denoised[0].clamp(0, 1), atol=1e-5)
-    broken = [("alone", settings("none"), [0], None), ("missing", settings("dncnn:/nonexistent/model"), [0], None)]
-    with caplog.at_level("WARNING"):
-        assert write_samples(tmp_path / "samples.png", broken) == tmp_path / "samples.png"
-    assert "missing left out" in caplog.text  # a model that cannot load costs its row, never the report
-    assert write_samples(tmp_path / "none.png", broken[1:]) is None and not (tmp_path / "none.png").exists()
-
-
-def test_compare_and_analyze_draw_samples(config, tmp_path):
-    out = tmp_path / "report"
-    assert main(["compare", "--config", str(config), "--out", str(out), "--quiet"]) == 0
-    assert (out / "samples.png").stat().st_size > 1000 and "![samples](samples.png)" in (out / "README.md").read_text()
-    assert (out / "table.tex").read_text().count(r" \\") == 3  # the header and one row per pipeline
-    rep = tmp_path / "rep"
-    assert main(["analyze", str(out / "alone.tsv"), str(out / "alone-wide.tsv"), "--out", str(rep), "--samples"]) == 0
-    assert (rep / "samples.png").stat().st_size > 1000
-    assert main(["analyze", str(out / "alone.tsv"), "--out", str(tmp_path / "plain")]) == 0
-    assert not (tmp_path / "plain" / "samples.png").exists()  # analyze builds no model unless asked
-
-
 def test_compare_refuses_a_planted_link_before_certifying(config, tmp_path, capsys):
     out = tmp_path / "report"
     out.mkdir()
@@ -192,3 +127,28 @@ def test_compare_refuses_a_planted_link_before_certifying(config, tmp_path, caps
     assert main(["compare", "--config", str(config), "--out", str(out), "--quiet"]) == 2
     assert "README.md is a symbolic link" in capsys.readouterr().err
     assert victim.read_text() == "precious\n" and [p.name for p in out.iterdir()] == ["README.md"]
+
+
+@pytest.mark.parametrize("extra,message", [("n: 20.9\n", "n must be an int >= 1, got 20.9"),
+                                           ("radii: abc\n", "radii must be a list of numbers"),
+                                           ("n: [1\n", "is not valid YAML")])
+def test_compare_config_errors(tmp_path, capsys, extra, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: digits\npipelines:\n  - {name: a, classifier: small-cnn, sigma: 0.5}\n" + extra)
+    assert main(["compare", "--config", str(cfg), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "rep").exists()
+
+
+
+def test_compare_attack_section_is_checked(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("dataset: digits\npipelines:\n  - {name: a, classifier: small-cnn, sigma: 0.5}\n"
+                    "attack: {eps: [0.5], pipelines: [b]}\n")
+    with pytest.raises(ValueError, match="unknown: \\['b'\\]"):
+        load_compare_config(path)
+    path.write_text("dataset: digits\npipelines:\n  - {name: a, classifier: small-cnn, sigma: 0.5}\nattack: {steps: 3}\n")
+    with pytest.raises(ValueError, match="attack must be a mapping with eps"):
+        load_compare_config(path)
+

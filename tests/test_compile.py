@@ -13,6 +13,7 @@ from certify.attack import smoothadv
 from certify.smoothing import Smoothed
 from classifiers import create_classifier
 from denoisers import create_denoiser
+from fixtures import tiny_unet
 
 
 def _tiny_adm():
@@ -27,7 +28,6 @@ def _tiny_adm():
 
 def _sigma_native(family: str):
     from diffusers import CMStochasticIterativeScheduler, EDMEulerScheduler
-    from test_preconditioned import tiny_unet
 
     from denoisers.cm import CMDenoiser
     from denoisers.edm import EDMDenoiser
@@ -40,7 +40,6 @@ def _sigma_native(family: str):
 
 def _tiny_ddpm():
     from diffusers import DDPMScheduler
-    from test_preconditioned import tiny_unet
 
     from denoisers.ddpm import DDPMDenoiser
 

@@ -195,6 +195,18 @@ def test_multi_step_resize_dtype_and_round_trip(tmp_path, tiny_unet):
         DDPMDenoiser(tiny_unet, DDPMScheduler(), num_steps=0)
 
 
+def test_torn_diffusers_unet_is_one_line(tmp_path):
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(4, 8),
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2,
+                       layers_per_block=1, norm_num_groups=4)
+    unet.save_pretrained(tmp_path / "u")
+    weights = tmp_path / "u" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        create_denoiser(f"ddpm:{tmp_path / 'u'}")
+
+
+
 # --- the shipped MNIST DDPM ----------------------------------------------------------------------------
 def test_shipped_mnist_ddpm_is_registered_and_denoises_real_digits():
     from certify.data import create_dataset

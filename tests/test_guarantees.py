@@ -1,15 +1,19 @@
-"""Each certificate's 1 - alpha guarantee, computed exactly where the bound is sharp.
+"""Each certificate's 1 - alpha guarantee (validity across certify/stats.py, smoothing.py and sequential.py),
+computed exactly where the bound is sharp, then by trials through the engine on oracles whose class
+probabilities are exact.
 
 An exact error rate comes from enumerating every outcome of the counts (binomial or multinomial),
 weighting each by its probability and asking the code under test what it certifies there; the truth it is
 compared with comes from `oracles` (Clopper-Pearson, Theorem 1 and the confidence sequence written from
 their definitions; classifiers whose class probabilities are exact). The class probabilities are chosen at
 the bounds' discontinuities, so the correct procedure errs with probability just below its level and a
-bound at the wrong level errs visibly more often (no simulation, so no test error).
+bound at the wrong level errs visibly more often (no simulation, so no test error). The trials (a linear
+oracle, the band oracle with three classes) allow for their binomial error.
 """
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import numpy as np
@@ -17,10 +21,11 @@ import pytest
 import torch
 from scipy.stats import binom, norm
 
-from certify.sequential import certify_anytime
+from certify.sequential import certify_anytime, certify_anytime_many
 from certify.smoothing import ABSTAIN, Smoothed
 from certify.stats import certificate, radius_from_p, two_class_radius
-from oracles import Bands, Scripted, cp_lower, cp_upper, cs_lower, cs_upper, outcomes, theorem1_radius
+from fixtures import linear_at_distance
+from oracles import Bands, Scripted, cp_lower, cp_upper, cs_lower, cs_upper, outcomes, theorem1_radius, theorem1_top
 
 ALPHA, SIGMA = 0.05, 0.5
 
@@ -136,3 +141,80 @@ def test_predict_returns_the_wrong_class_with_probability_at_most_half_alpha():
         wrong += binom.pmf(nA, n, p0) * (answer.prediction == 1)
         assert answer.prediction in (ABSTAIN, 0, 1)
     assert 0.35 * ALPHA < wrong <= ALPHA / 2, f"P(wrong class) = {wrong / ALPHA:.3f} alpha"
+
+
+# -- trials through the engine ------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha,trials", [(0.2, 2000), (0.001, 2000)])
+def test_linear_oracle_false_certificates_within_alpha(alpha, trials):
+    """CERTIFY on a linear f, whose g is the same half-space: a radius above the true distance is a false
+    certificate; it may happen with probability <= alpha.
+
+    Allowance: the count of false certificates over independent trials is Binomial(trials, q) with
+    q <= alpha; we accept up to alpha * trials + 4 standard deviations + 1 (a false failure rate
+    below 1e-4), which a bound that ignored alpha (or used the point estimate) would exceed by far.
+    """
+    sigma = 0.5
+    pA = 0.9
+    f, x = linear_at_distance(sigma * norm.ppf(pA))
+    g = Smoothed(f, sigma=sigma)
+    false = certified = 0
+    for i in range(trials):
+        c, r = g.certify(x, n0=10, n=100, alpha=alpha, batch_size=110, seed=1, index=i)
+        certified += c == 1
+        false += (c != ABSTAIN) and (r > f.distance(x) or c != 1)
+    allowance = alpha * trials + 4 * math.sqrt(trials * alpha * (1 - alpha)) + 1
+    assert false <= allowance, (false, allowance)
+    assert certified > trials // 2  # the test has power: most trials certify class 1
+
+
+def test_linear_oracle_radius_approaches_true_distance():
+    sigma = 0.25
+    f, x = linear_at_distance(0.3)
+    g = Smoothed(f, sigma=sigma)
+    radii = [g.certify(x, n0=100, n=100_000, alpha=0.001, batch_size=50_000, seed=3, index=i)[1] for i in range(5)]
+    assert all(r <= 0.3 for r in radii)
+    assert np.mean(radii) == pytest.approx(0.3, rel=0.03)
+
+
+def _band_images(count: int, seed: int) -> tuple[Bands, Smoothed, list[torch.Tensor]]:
+    """The band oracle with cuts at -0.25 and 0.25 along a random unit w (three classes), and images spread
+    across the bands."""
+    torch.manual_seed(seed)
+    w = torch.randn(16)
+    w /= w.norm()
+    f = Bands([-0.25, 0.25], w)
+    xs = [(0.5 + float(torch.empty(()).uniform_(-0.6, 0.6)) * w).view(1, 4, 4) for _ in range(count)]
+    return f, Smoothed(f, sigma=SIGMA, num_classes=3), xs
+
+
+def test_engine_three_class_oracle_two_class_is_valid_and_certifies_spread_votes():
+    """Through Smoothed.certify_full on real noise: 2,000 images of the three-class band oracle, each
+    with its exact two-class radius; the one-class bound abstains where the top class has < 1/2."""
+    f, g, xs = _band_images(2000, seed=0)
+    alpha, trials = 0.01, len(xs)
+    wrong = gained = 0
+    for i, x in enumerate(xs):
+        top, true = theorem1_top(f.probabilities(f.mu(x), SIGMA), SIGMA)
+        c = g.certify_full(x, n0=50, n=500, alpha=alpha, batch_size=550, index=i, bound="two-class")
+        wrong += c.prediction != -1 and (c.prediction != top or c.radius > true)
+        one = g.certify_full(x, n0=50, n=500, alpha=alpha, batch_size=550, index=i)
+        gained += c.radius > one.radius
+        assert c.pB_upper is not None and c.pA_lower <= 1 and one.pB_upper is None
+    assert wrong <= binom.ppf(0.999, trials, alpha), wrong
+    assert gained > trials / 10  # the middle band spreads votes: the runner-up bound pays off often
+
+
+def test_anytime_two_class_on_the_oracle_is_valid_at_its_stopping_time():
+    """The confidence-sequence form (anytime mode): 1,000 images of the three-class band oracle, stopped by
+    the anytime rule; wrong certificates stay at rate <= alpha and the spread votes still gain radius."""
+    f, g, xs = _band_images(1000, seed=1)
+    alpha, trials = 0.01, len(xs)
+    two = list(certify_anytime_many(g, xs, alpha, max_n=2000, batch_size=2000, step=250, bound="two-class"))
+    one = list(certify_anytime_many(g, xs, alpha, max_n=2000, batch_size=2000, step=250))
+    wrong = 0
+    for x, c in zip(xs, two):
+        top, true = theorem1_top(f.probabilities(f.mu(x), SIGMA), SIGMA)
+        wrong += c.prediction != -1 and (c.prediction != top or c.radius > true)
+    assert wrong <= binom.ppf(0.999, trials, alpha), wrong
+    assert sum(c.radius > o.radius for c, o in zip(two, one)) > trials / 10
+    assert all(c.pB_upper is not None for c in two) and all(o.pB_upper is None for o in one)

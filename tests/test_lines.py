@@ -1,5 +1,6 @@
-"""Result lines are checked against themselves and the run's settings (issue 25, item 7): a resume drops, and
-analyze refuses, well-formed but false lines; every line a real run writes passes the same checks."""
+"""certify/lines.py and each mode's `check_line`: result lines are checked against themselves and the run's
+settings (issue 25, item 7); a resume drops, and analyze refuses, well-formed but false lines; every line a real
+run writes, in every mode, passes the same checks."""
 
 from __future__ import annotations
 
@@ -7,18 +8,12 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from certify.analysis import analyze
 from certify.modes import check_line
 from certify.settings import RunSettings
 from certify.runs import run_certification
-from certify.smoothing import Smoothed
-
-
-def _pipeline(num_classes: int = 3) -> Smoothed:
-    torch.manual_seed(0)
-    return Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, num_classes)), sigma=0.25, num_classes=num_classes)
+from fixtures import toy_pipeline
 
 
 def _data(count: int = 6):
@@ -45,7 +40,7 @@ MODES = {
 @pytest.mark.parametrize("name", MODES)
 def test_every_line_a_run_writes_passes_the_checks(name, tmp_path):
     s = RunSettings(classifier="toy", dataset="toy", sigma=0.25, n0=10, n=200, batch=50, **MODES[name]).validate()
-    out = run_certification(_pipeline(), _data(), s, tmp_path / "r.tsv", quiet=True)
+    out = run_certification(toy_pipeline(num_classes=3), _data(), s, tmp_path / "r.tsv", quiet=True)
     record = json.loads(out.with_suffix(".json").read_text())["settings"]
     rows = _rows(out)
     assert len(rows) == 6 and all(check_line(row, record) is None for row in rows), [check_line(r, record) for r in rows]
@@ -54,7 +49,7 @@ def test_every_line_a_run_writes_passes_the_checks(name, tmp_path):
 def _certified(tmp_path, **extra):
     s = RunSettings(classifier="toy", dataset="toy", sigma=0.25, n0=10, n=200, batch=50, **extra).validate()
     data = _data()
-    reference = run_certification(_pipeline(), data, s, tmp_path / "ref.tsv", quiet=True)
+    reference = run_certification(toy_pipeline(num_classes=3), data, s, tmp_path / "ref.tsv", quiet=True)
     return s, data, reference
 
 
@@ -86,7 +81,7 @@ def test_a_resume_drops_false_lines_and_certifies_those_images_again(forgery, tm
     out.write_text(reference.read_text())
     out.with_suffix(".json").write_text(reference.with_suffix(".json").read_text())
     _forge(out, FORGERIES[forgery])
-    run_certification(_pipeline(), data, s, out, quiet=True)
+    run_certification(toy_pipeline(num_classes=3), data, s, out, quiet=True)
     (i,) = FORGERIES[forgery]
     assert f"r.tsv line {i + 2}:" in caplog.text and "dropped" in caplog.text
     without_time = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731

@@ -1,6 +1,8 @@
-"""A certification mode is one module (issue 26): a toy mode, written here as a third-party package would ship it,
-is found by the registry and runs through ``dsmooth certify --mode toy``, ``compare`` and ``analyze`` with its own
-option and columns, without an edit anywhere else; and the run schema is the one source of every flag and key."""
+"""certify/modes/: a certification mode is one module (issue 26). A toy mode, written here as a third-party package
+would ship it, is found by the registry and runs through ``dsmooth certify --mode toy``, ``compare`` and
+``analyze`` with its own option and columns, without an edit anywhere else; the certify and anytime modes' --bound
+writes its column and is part of a run's identity. (The sequential and anytime modes: test_sequential.py; attack:
+test_attack.py; each mode's line checks: test_lines.py; the run schema: test_settings.py.)"""
 
 from __future__ import annotations
 
@@ -9,10 +11,9 @@ import textwrap
 
 import pytest
 
-from certify.cli import build_parser, main
+from certify.cli import main
 from certify.modes import MODES, list_modes
-from certify.schema import FLAG, KEYWORDS
-from certify.settings import RunSettings, schema
+from fixtures import fake_distribution
 
 TOY = '''
 """toy: the most frequent class of a few noise draws, and how many votes it got (a mode in one file)."""
@@ -57,10 +58,7 @@ def make(identifier=None):
 def toy_mode(tmp_path, monkeypatch):
     """The toy mode as an installed distribution with an entry point in denoised_smoothing.modes."""
     (tmp_path / "toy_mode.py").write_text(textwrap.dedent(TOY))
-    dist = tmp_path / "toy_mode-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-mode\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[denoised_smoothing.modes]\ntoy = toy_mode:make\n")
+    fake_distribution(tmp_path, "toy-mode", "1.0", "[denoised_smoothing.modes]\ntoy = toy_mode:make\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     MODES.list()  # the built-in modes, loaded before the patch below
     monkeypatch.setattr(MODES, "_entries", dict(MODES._entries))
@@ -93,29 +91,20 @@ def test_a_toy_mode_runs_through_certify_compare_and_analyze(toy_mode, tmp_path,
     assert "toy_draws must be an int >= 1, got 0" in capsys.readouterr().err
 
 
-def test_every_setting_has_one_flag_and_one_config_key_and_help():
-    commands = build_parser()._subparsers._group_actions[0].choices
-    flags = {f for command in ("certify", "predict", "attack") for action in commands[command]._actions
-             for f in action.option_strings}
-    for name, option in schema().items():
-        if name == "mode":
-            continue
-        assert option.flag in flags, name  # a flag of the command that runs its mode
-        assert option.key == name and option.help, name  # the compare key is the name the manifest records
-        assert option.kind in (FLAG, KEYWORDS) or option.check is not None or option.choices or name in (
-            "classifier", "dataset", "denoiser", "mode", "radii"), f"{name}: no rule checks it"
-    assert len({o.flag for o in schema().values()}) == len(schema())
+def test_cli_two_class_column_and_refusals(tmp_path, capsys):
+    args = ["certify", "--classifier", "small-cnn.mnist5k", "--dataset", "mnist5k:test", "--sigma", "0.5",
+            "--n0", "20", "--n", "200", "--batch", "220", "--skip", "250", "--max", "1000", "--quiet"]
+    out = tmp_path / "t.tsv"
+    assert main([*args, "--bound", "two-class", "--out", str(out)]) == 0
+    lines = [l.split("\t") for l in out.read_text().splitlines()]
+    assert lines[0][-2:] == ["pB_upper", "source"] and len(lines) == 5 and all(0 <= float(l[-2]) <= 1 for l in lines[1:])
+    assert main([*args, "--out", str(out)]) == 2  # resuming with the other bound is refused
+    assert "bound" in capsys.readouterr().err
+    assert main([*args, "--bound", "one-class", "--out", str(tmp_path / "o.tsv")]) == 0
+    assert (tmp_path / "o.tsv").read_text().splitlines()[0].split("\t")[-2:] == ["n0", "source"]  # no pB_upper
+    assert main([*args, "--mode", "sequential", "--radii", "0.25", "--bound", "two-class", "--out", str(tmp_path / "s.tsv")]) == 2
+    err = capsys.readouterr().err
+    assert "bound is an option of the anytime, certify modes, not of 'sequential'" in err and "--mode anytime --bound two-class gives" in err
+    assert main([*args, "--mode", "anytime", "--bound", "two-class", "--out", str(tmp_path / "a.tsv")]) == 0
+    assert (tmp_path / "a.tsv").read_text().splitlines()[0].split("\t")[-2] == "pB_upper"
 
-
-def test_settings_and_options_are_checked_once_where_they_enter():
-    for bad, message in [(dict(sigma=True), "sigma must be a positive, finite number"),
-                         (dict(sigma=500), "far beyond any meaningful noise level"),
-                         (dict(seed="abc"), "seed must be an int in [0, 2^63)"),
-                         (dict(batch=0), "batch must be an int >= 1"),
-                         (dict(mode="sequental"), "did you mean 'sequential'"),
-                         (dict(options={"futility": 0.3}), "futility is an option of the sequential mode"),
-                         (dict(mode="sequential", options={"radii": [0.5], "step": 2000}, batch=1000),
-                          "step 2000 is more than the batch of 1000")]:
-        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("^", r"\^").replace(")", r"\)")
-                           .replace("(", r"\(")):
-            RunSettings(**{"classifier": "c", "dataset": "d", "sigma": 0.5, **bad}).validate()

@@ -9,23 +9,14 @@ from torch import nn
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import (  # noqa: E402
-    CMStochasticIterativeScheduler, ConsistencyModelPipeline, DDPMScheduler, EDMEulerScheduler, UNet2DModel)
+    CMStochasticIterativeScheduler, ConsistencyModelPipeline, DDPMScheduler, EDMEulerScheduler)
 
 from denoisers import create_denoiser  # noqa: E402
 from denoisers.cm import CMDenoiser  # noqa: E402
 from denoisers.edm import EDMDenoiser  # noqa: E402
+from fixtures import tiny_unet  # noqa: E402
 
 SIGMAS = (0.12, 0.25, 0.5, 1.0)  # pixel units: sigma_VE = 0.24 .. 2.0
-
-
-def tiny_unet(classes: int | None = None, seed: int = 0) -> UNet2DModel:
-    """The ImageNet-64 consistency models' block types (resnet down/upsampling, attention, scale-shift), tiny."""
-    torch.manual_seed(seed)
-    return UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
-                       down_block_types=("ResnetDownsampleBlock2D", "AttnDownBlock2D"),
-                       up_block_types=("AttnUpBlock2D", "ResnetUpsampleBlock2D"), attention_head_dim=4,
-                       norm_num_groups=4, resnet_time_scale_shift="scale_shift", downsample_type="resnet",
-                       upsample_type="resnet", num_class_embeds=classes).eval()
 
 
 def _noisy(sigma: float, seed: int = 1, batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Issue 25 item 4: one rule decides what a credential is; every record (manifest, lock, cache) follows it."""
+"""certify/redact.py: one rule decides what a credential is (issue 25 item 4); every record (manifest, lock, answer
+cache, compare report) follows it, whatever form the secret takes (URL user info, query, flag, dict key)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,15 @@ import json
 import sys
 
 import pytest
-import torch
 import yaml
-from torch import nn
 
 import classifiers
 from certify.cli import main
 from certify.redact import MASK, is_secret_name, redact
 from certify.results import OutputLock
-from certify.settings import RunSettings
 from certify.runs import run_certification
-from certify.smoothing import Smoothed
 from classifiers.remote import AnswerCache
-from classifiers.small_cnn import SmallCNN
+from fixtures import toy_images, toy_pipeline, toy_run, toy_settings
 
 
 @pytest.mark.parametrize("name", ["X-Goog-Signature", "x_goog_credential", "X-Amz-Security-Token", "X-AMZ-SIGNATURE",
@@ -56,13 +53,9 @@ def test_secret_keys_in_recorded_settings_are_masked_whatever_their_value():
 
 
 def _toy():
-    torch.manual_seed(0)
-    f = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
-    data = [(torch.full((1, 2, 2), 0.1 * (i + 1)), 0) for i in range(2)]
-    settings = RunSettings(classifier="toy", dataset="toy", sigma=0.25, n0=10, n=20, batch=20,
-                           options={"classifier_kwargs": {"pwd": "PWD-SECRET-1", "apiKey": "AK-SECRET-2",
-                                                          "endpoint": "https://h/v1?X-Goog-Signature=SIG-SECRET-3"}})
-    return Smoothed(f, sigma=0.25, num_classes=2), data, settings
+    settings = toy_settings(n=20, batch=20, options={"classifier_kwargs": {
+        "pwd": "PWD-SECRET-1", "apiKey": "AK-SECRET-2", "endpoint": "https://h/v1?X-Goog-Signature=SIG-SECRET-3"}})
+    return toy_pipeline(), toy_images(2), settings
 
 
 def test_manifest_and_lock_record_no_secret_and_an_old_manifest_resumes_redacted(tmp_path, monkeypatch):
@@ -84,6 +77,17 @@ def test_manifest_and_lock_record_no_secret_and_an_old_manifest_resumes_redacted
     assert "SECRET" not in (tmp_path / "r.json").read_text()
 
 
+def test_credentials_in_urls_never_reach_the_manifest(tmp_path, monkeypatch):
+    g, data, s = toy_run(2)
+    s.options = {"classifier_kwargs": {"endpoint": "https://user:pw@api.example/v1?key=SECRET&model=m"}}
+    monkeypatch.setattr(sys, "argv", ["dsmooth", "certify", "--classifier-arg", "endpoint=https://h/x?token=SECRET"])
+    out = run_certification(g, data, s, tmp_path / "r.tsv", quiet=True)
+    manifest = (tmp_path / "r.json").read_text()
+    assert "SECRET" not in manifest and "pw@" not in manifest and "model=m" in manifest
+    run_certification(g, data + data, s, out, quiet=True)  # resumes: redacted settings compare equal
+
+
+
 def test_the_cache_key_of_an_id_without_secrets_is_unchanged():
     # the key hashes the id as given: caches written before redaction existed keep their keys, and two
     # endpoints that differ only in a secret never share answers
@@ -93,13 +97,11 @@ def test_the_cache_key_of_an_id_without_secrets_is_unchanged():
     assert AnswerCache.key(signed, b"png") != AnswerCache.key(redact(signed), b"png")
 
 
-def test_a_compare_report_records_no_secret(tmp_path, monkeypatch):
+def test_a_compare_report_records_no_secret(tmp_path, monkeypatch, cnn_dir):
     create = classifiers.create_classifier  # a plugin that takes a password, as a third-party one may
     monkeypatch.setattr(classifiers, "create_classifier", lambda spec, pwd=None, **kwargs: create(spec, **kwargs))
-    torch.manual_seed(0)
-    SmallCNN(width=8).save_pretrained(tmp_path / "cnn")
     config = {"dataset": "digits:test", "n0": 10, "n": 20, "batch": 20, "images": 2, "radii": [0, 0.1],
-              "pipelines": [{"name": "a", "classifier": f"small-cnn:{tmp_path / 'cnn'}", "sigma": 0.25,
+              "pipelines": [{"name": "a", "classifier": f"small-cnn:{cnn_dir}", "sigma": 0.25,
                              "classifier_kwargs": {"pwd": "PWD-SECRET-9"}}]}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     assert main(["compare", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "report"), "--quiet"]) == 0

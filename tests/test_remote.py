@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -19,9 +21,10 @@ from torch import nn
 from certify.smoothing import Smoothed
 from classifiers import create_classifier
 from classifiers.remote import AnswerCache, BudgetExceeded, LabelVocabulary, RemoteError, encode_png
+from classifiers.remote.adapters import Adapter, Retryable, parse_retry_after
+from classifiers.remote.client import RemoteClassifier
 
-sys.path.insert(0, str(Path(__file__).parent))
-from remote_server import FaultyVisionServer, colour_labels  # noqa: E402
+from remote_server import FaultyVisionServer, colour_labels
 
 SECRETS = {"GOOGLE_API_KEY": "g-SECRET-7f3a91", "VISION_KEY": "az-SECRET-55c2", "CLARIFAI_PAT": "cl-SECRET-0d1e",
            "DSMOOTH_HTTP_TOKEN": "http-SECRET-9b9b", "AWS_ACCESS_KEY_ID": "AKIATESTKEYID0000000",
@@ -291,3 +294,58 @@ def test_close_releases_threads_and_cache_and_a_run_calls_it(tmp_path, monkeypat
     settings = RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, n0=10, n=20, batch=20, max=1)
     pipeline.certify_dataset(settings, tmp_path / "run.tsv", quiet=True)
     assert closed == [True]
+
+
+# -- answers that are malformed, refused or late; the cache holds no credentials ---------------------------
+class ScriptedAPI(Adapter):
+    """An adapter that answers from a script: each item an answer or an exception to raise."""
+
+    vendor = "scripted"
+
+    def __init__(self, *script) -> None:
+        self.script, self.calls = list(script), 0
+
+    def api_id(self) -> str:
+        return "scripted|https://api.example/v1?key=SECRET"
+
+    def query(self, png, timeout):
+        item = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+
+IMAGE = torch.rand(1, 3, 4, 4)
+
+
+@pytest.mark.parametrize("answer", [[{"nam": "cat"}], [("cat",)], [("cat", "high")], None, [("cat", None)]])
+def test_malformed_answers_are_retried_then_one_clear_error(answer):
+    clf = RemoteClassifier(ScriptedAPI(answer), max_retries=2, backoff=0.0)
+    with pytest.raises(RemoteError, match=r"gave up after 3 attempts \(scripted: malformed answer .*resume"):
+        clf(IMAGE)
+
+
+def test_retry_after_infinite_or_an_hour_stops_with_a_resumable_message():
+    assert parse_retry_after("inf") == math.inf
+    for wait in (math.inf, 3600.0):
+        clf = RemoteClassifier(ScriptedAPI(Retryable("HTTP 429", wait), [("cat", 1.0)]), backoff=0.0, max_retry_wait=60)
+        with pytest.raises(RemoteError, match=r"asks to wait .* more than max_retry_wait=60 s; stopped.*resumed"):
+            clf(IMAGE)
+    clf = RemoteClassifier(ScriptedAPI(Retryable("HTTP 429", 0.01), [("cat", 1.0)]), backoff=0.0)
+    assert clf(IMAGE).tolist() == [1]  # a short wait is simply honoured
+
+
+def test_the_api_cache_holds_no_credentials(tmp_path):
+    clf = RemoteClassifier(ScriptedAPI([("cat", 1.0)]), cache_dir=tmp_path / "cache")
+    clf(IMAGE)
+    rows = sqlite3.connect(str(tmp_path / "cache" / "answers.sqlite")).execute("SELECT api FROM answers").fetchall()
+    assert rows and all("SECRET" not in r[0] for r in rows)
+    assert "SECRET" not in json.dumps(clf.describe())
+
+
+def test_an_api_that_keeps_answering_500_gives_up_with_a_resumable_message():
+    clf = RemoteClassifier(ScriptedAPI(Retryable("http: HTTP 500")), max_retries=3, backoff=0.0)
+    with pytest.raises(RemoteError, match=r"gave up after 4 attempts \(http: HTTP 500\).*run the same command again"):
+        clf(IMAGE)
+

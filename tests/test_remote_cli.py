@@ -1,5 +1,6 @@
-"""`dsmooth certify` against a remote API: labels from the API, cache beside the results, budget, no secret
-written anywhere."""
+"""`dsmooth certify` against a remote API (classifiers/remote/ through certify/cli.py): labels from the API, cache
+beside the results, budget, no secret written anywhere; a run without --label-from-api and bad credentials are
+one line."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from certify.cli import main
 from classifiers.remote import RemoteClassifier
-
-sys.path.insert(0, str(Path(__file__).parent))
-from remote_server import FaultyVisionServer  # noqa: E402
+from fixtures import colour_folder
+from remote_server import FaultyVisionServer
 
 
 @pytest.fixture
@@ -26,12 +24,7 @@ def server():
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    rng = np.random.default_rng(0)
-    for i, (name, colour) in enumerate([("red", (200, 80, 50)), ("blue", (60, 70, 210)), ("dark", (9, 10, 8))]):
-        (tmp_path / "imgs" / name).mkdir(parents=True)
-        arr = np.clip(np.array(colour) + rng.integers(-10, 10, (12, 12, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(tmp_path / "imgs" / name / f"{i}.png")
-    return tmp_path / "imgs"
+    return colour_folder(tmp_path / "imgs", [("red", (200, 80, 50)), ("blue", (60, 70, 210)), ("dark", (9, 10, 8))])
 
 
 def _args(endpoint, folder, out, *extra):
@@ -118,3 +111,28 @@ def test_query_budget_counts_retries_and_stops_resumably(folder, tmp_path, monke
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("dsmooth certify: stopped: query budget of 15 would be exceeded: all 15 requests were "
                            "sent (retries included)") and "resumes from here" in last
+
+
+# -- refused in one line ---------------------------------------------------------------------------------
+def _remote_args(url, folder, out, *extra):
+    return ["certify", "--classifier", "remote:http", "--classifier-arg", f"endpoint={url}/classify",
+            "--classifier-arg", "timeout=2", "--classifier-arg", "backoff=0.01", "--classifier-arg", "max_retries=2",
+            "--dataset", f"imagefolder:{folder}", "--sigma", "0.12", "--n0", "5", "--n", "10", "--batch", "10",
+            "--out", str(out), "--quiet", *extra]
+
+
+def test_remote_without_label_from_api_is_refused(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DSMOOTH_HTTP_TOKEN", "tok")
+    with FaultyVisionServer(keys={"http": "tok"}) as server:
+        assert main(_remote_args(server.url, folder, tmp_path / "r.tsv")) == 2
+    assert "--label-from-api" in capsys.readouterr().err and not (tmp_path / "r.tsv").exists()
+
+
+def test_bad_credentials_are_one_line_on_the_command_line(folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DSMOOTH_HTTP_TOKEN", "wrong")
+    with FaultyVisionServer(keys={"http": "tok"}) as server:
+        code = main(_remote_args(server.url, folder, tmp_path / "r.tsv", "--label-from-api"))
+    err = capsys.readouterr().err
+    assert code == 3 and "Traceback" not in err
+    assert "HTTP 403 (not authorized): check the API credentials" in err.strip().splitlines()[-1]
+

@@ -1,52 +1,35 @@
-"""Runs over datasets: the TSV format, resume after a kill, refusal on other settings, bad input."""
+"""certify/runs.py, a run over a dataset: the TSV in Cohen's columns and its manifest, the same file for the same
+seed, resume after a kill to the identical file, refusal of other settings, bad input named before anything is
+written, labels the classifier cannot output, an unwritable output, the automatic batch kept on resume, one
+progress bar per run, and each line's source (an old file without it still resumes; a dataset that changed is
+certified again where it moved). Several processes: tests/test_distributed.py; the files: test_results.py."""
 
 from __future__ import annotations
 
-import csv
+import errno
 import json
-import math
-import sys
-from pathlib import Path
+import os
+import re
 
 import pytest
 import torch
 
+import certify.runs as runs
+from certify.analysis import analyze
 from certify.cli import main
-from certify.settings import RunSettings
+from certify.data import create_dataset
+from certify.outcomes import load_result
 from certify.runs import run_certification
+from certify.settings import RunSettings
 from certify.smoothing import Smoothed
 from classifiers.small_cnn import SmallCNN
-from processes import kill_part_way
-
-DSMOOTH = [sys.executable, "-m", "certify.cli"]
-
-
-@pytest.fixture(scope="module")
-def cnn_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("cnn")
-    SmallCNN(in_channels=1, num_classes=10, width=8).save_pretrained(d)
-    return d
-
-
-def _args(cnn_dir, out, **over):
-    base = dict(classifier=f"small-cnn:{cnn_dir}", dataset="digits:test", sigma="0.5", n0="10", n="300",
-                alpha="0.001", batch="100", skip="3", max="60", seed="7", out=str(out))
-    base.update(over)
-    args = ["certify"]
-    for k, v in base.items():
-        args += [f"--{k}", str(v)]
-    return args + ["--quiet"]
-
-
-def _table(path: Path) -> list[list[str]]:
-    """Rows without the time column."""
-    return [line.split("\t")[:5] + line.split("\t")[6:] for line in path.read_text().splitlines()]
+from fixtures import (DSMOOTH, MemoryBound, digits_args, images_at, kill_part_way, table_without_time, toy_pipeline,
+                      toy_run, toy_settings)
 
 
 def test_certify_writes_cohen_compatible_tsv_and_manifest(cnn_dir, tmp_path):
     out = tmp_path / "run.tsv"
-    assert main(_args(cnn_dir, out)) == 0
+    assert main(digits_args(cnn_dir, out)) == 0
     lines = out.read_text().splitlines()
     assert lines[0].split("\t")[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
     assert {"pA_lower", "nA", "n"} <= set(lines[0].split("\t"))
@@ -61,30 +44,27 @@ def test_certify_writes_cohen_compatible_tsv_and_manifest(cnn_dir, tmp_path):
 
 
 def test_killed_run_resumes_to_identical_file(cnn_dir, tmp_path):
-    full = tmp_path / "full.tsv"
-    assert main(_args(cnn_dir, full)) == 0
-
     part = tmp_path / "part.tsv"
     written = lambda: len(part.read_text().splitlines()) if part.exists() else 0  # noqa: E731
-    assert 4 <= kill_part_way(DSMOOTH + _args(cnn_dir, part, n="3000", batch="50"), written) < 21, \
+    assert 4 <= kill_part_way(DSMOOTH + digits_args(cnn_dir, part, n="1000", batch="50"), written) < 21, \
         "the kill should land part-way through"
     with open(part, "a") as fh:
         fh.write("33\t3\t")  # a torn line, as a kill in the middle of a write leaves it
-    assert main(_args(cnn_dir, part, n="3000", batch="50")) == 0
+    assert main(digits_args(cnn_dir, part, n="1000", batch="50")) == 0
 
     again = tmp_path / "again.tsv"
-    assert main(_args(cnn_dir, again, n="3000", batch="50")) == 0
-    assert _table(part) == _table(again)
+    assert main(digits_args(cnn_dir, again, n="1000", batch="50")) == 0
+    assert table_without_time(part) == table_without_time(again)
     assert json.loads(part.with_suffix(".json").read_text())["resumed"] == 1
 
 
 def test_same_seed_same_file_and_resume_refuses_other_settings(cnn_dir, tmp_path, capsys):
     a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
-    assert main(_args(cnn_dir, a)) == 0 and main(_args(cnn_dir, b)) == 0
-    assert _table(a) == _table(b)
+    assert main(digits_args(cnn_dir, a)) == 0 and main(digits_args(cnn_dir, b)) == 0
+    assert table_without_time(a) == table_without_time(b)
     before = a.read_text()
     for key, value in [("sigma", "0.25"), ("seed", "8"), ("batch", "50"), ("n", "301")]:
-        assert main(_args(cnn_dir, a, **{key: value})) == 2
+        assert main(digits_args(cnn_dir, a, **{key: value})) == 2
         assert f"started with {key}=" in capsys.readouterr().err
     assert a.read_text() == before
 
@@ -103,20 +83,9 @@ def test_same_seed_same_file_and_resume_refuses_other_settings(cnn_dir, tmp_path
 ])
 def test_bad_input_is_named_and_leaves_no_file(cnn_dir, tmp_path, capsys, over, message):
     out = tmp_path / "bad.tsv"
-    assert main(_args(cnn_dir, out, **over)) == 2
+    assert main(digits_args(cnn_dir, out, **over)) == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
-
-
-def test_mismatched_checkpoint_is_a_clear_error(cnn_dir, tmp_path, capsys):
-    bad = tmp_path / "ckpt"
-    bad.mkdir()
-    (bad / "model.safetensors").write_bytes((cnn_dir / "model.safetensors").read_bytes())
-    config = json.loads((cnn_dir / "config.json").read_text())
-    (bad / "config.json").write_text(json.dumps(config | {"width": 16}))
-    assert main(_args(bad, tmp_path / "r.tsv")) == 2
-    assert "do not match their config" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
 @pytest.mark.parametrize("image,message", [
@@ -132,69 +101,100 @@ def test_bad_image_leaves_no_partial_file(cnn_dir, tmp_path, image, message):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_predict_mode_and_analyze(cnn_dir, tmp_path, capsys):
-    pred = tmp_path / "p.tsv"
-    args = _args(cnn_dir, pred)
-    args[0] = "predict"
-    i = args.index("--n0")
-    del args[i:i + 2]
-    assert main(args) == 0
-    # PREDICT has no radius (issue 13): its file has no radius column and stays out of certified tables
-    assert pred.read_text().splitlines()[0].split("\t")[:5] == ["idx", "label", "predict", "correct", "time"]
-    cert, cert2 = tmp_path / "c.tsv", tmp_path / "c2.tsv"
-    assert main(_args(cnn_dir, cert)) == 0
-    assert main(_args(cnn_dir, cert2, sigma="0.25")) == 0
-    assert main(["analyze", str(cert), str(cert2), str(pred), "--out", str(tmp_path / "rep"), "--radii", "0,0.25"]) == 0
-    for name in ("table.md", "table.csv", "high_probability.md", "curves.png", "predictions.md"):
-        assert (tmp_path / "rep" / name).stat().st_size > 0
-    assert "envelope" in (tmp_path / "rep" / "table.md").read_text()
-    assert "| p |" not in (tmp_path / "rep" / "table.md").read_text() and "| p |" in (tmp_path / "rep" / "predictions.md").read_text()
-    table = {row[0]: row for row in csv.reader(open(tmp_path / "rep" / "table.csv"))}
-    for line in (tmp_path / "rep" / "high_probability.md").read_text().splitlines()[4:]:
-        name, m, alpha, *cells = [c.strip() for c in line.strip("|").split("|")]
-        for cell, acc in zip(cells, table[name][3:5]):  # Cohen's bound on the table's accuracy, clipped at 0
-            bound = float(acc) / 100 - float(alpha) - math.sqrt(float(alpha) * (1 - float(alpha)) * math.log(1000) / int(m))
-            assert float(cell) == round(100 * max(0.0, bound - math.log(1000) / (3 * int(m))), 1)
+
+@pytest.mark.parametrize("code,message", [(errno.ENOSPC, "the disk is full .* run the same command again"),
+                                          (errno.EACCES, "cannot write .*choose another --out"),
+                                          (errno.EROFS, "cannot write .*choose another --out")])
+def test_unwritable_output_is_one_clear_error(tmp_path, monkeypatch, code, message):
+    def fail(path):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(runs, "open_append", fail)
+    g, data, s = toy_run(2)
+    with pytest.raises(ValueError, match=message):
+        run_certification(g, data, s, tmp_path / "r.tsv", quiet=True)
+    assert not (tmp_path / "r.tsv").exists() and not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.parametrize("mode,extra", [("sequential", ["--radii", "0.1,0.05"]), ("anytime", []),
-                                        ("sequential", ["--radii", "0.1,0.05", "--mixture", "one-sided"])])
-def test_sequential_modes_write_their_columns_and_analyze(cnn_dir, tmp_path, mode, extra):
-    out = tmp_path / f"{mode}.tsv"
-    args = _args(cnn_dir, out, n="2000", batch="100") + ["--mode", mode, *extra]
-    assert main(args) == 0
-    header, *rows = [line.split("\t") for line in out.read_text().splitlines()]
-    assert header[:10] == ["idx", "label", "predict", "radius", "correct", "time", "pA_lower", "nA", "n", "n0"]
-    assert len(rows) == 20
-    from certify.boundary import check_schedule
-
-    checks = set(check_schedule(2000, 10, 0.02, 100))  # the defaults: first check at 10, then 2% apart, <= batch
-    for row in rows:
-        assert int(row[8]) in checks  # stops early, at a check
-        assert int(row[9]) == 0 if mode == "sequential" else 1 <= int(row[9]) <= 100  # every class tested; <= n0
-        if mode == "sequential":
-            certified = [int(v) for v in row[10].split(",")]
-            assert len(certified) == 2 and float(row[3]) in {0.0, *(r for r, c in zip((0.05, 0.1), certified) if c)}
-    assert main(args) == 0  # a finished run resumes to nothing
-    assert main(["analyze", str(out), "--out", str(tmp_path / "rep")]) == 0
-    table = (tmp_path / "rep" / "table.md").read_text()
-    assert "samples/img" in table
-
-
-def test_sequential_mode_needs_radii(cnn_dir, tmp_path, capsys):
-    assert main(_args(cnn_dir, tmp_path / "s.tsv") + ["--mode", "sequential"]) == 2
-    assert "sequential mode needs positive radii" in capsys.readouterr().err
+def test_labels_beyond_num_classes_are_refused_before_writing(tmp_path):
+    g, data, s = toy_run(3, label=7)
+    with pytest.raises(ValueError, match="label 7, but the classifier has 2 classes"):
+        run_certification(g, type("D", (list,), {"targets": [7, 7, 7]})(data), s, tmp_path / "r.tsv", quiet=True)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_sequential_mixture_is_a_run_setting(cnn_dir, tmp_path, capsys):
-    """The mixture is recorded; resuming with the other one is refused, naming it; a bad one is refused."""
-    out = tmp_path / "s.tsv"
-    base = _args(cnn_dir, out, n="500", batch="100") + ["--mode", "sequential", "--radii", "0.05", "--max", "3"]
-    assert main(base + ["--mixture", "one-sided"]) == 0
-    assert json.loads(out.with_suffix(".json").read_text())["settings"]["options"]["mixture"] == "one-sided"
-    assert main(base + ["--mixture", "two-sided"]) == 2
-    assert "mixture" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="mixture must be one of two-sided, one-sided, got 'both'"):
-        RunSettings(classifier="small-cnn", dataset="digits", sigma=0.25, mode="sequential",
-                    options={"radii": [0.1], "mixture": "both"}).validate()
+
+def test_auto_batch_is_probed_once_and_reused_on_resume(tmp_path, monkeypatch):
+    data = [(torch.rand(1, 4, 4), 0) for _ in range(4)]
+    g = Smoothed(MemoryBound(capacity=300), sigma=0.25)
+    settings = RunSettings(classifier="toy", dataset="toy", sigma=0.25, n0=10, n=1000, batch="auto")
+    out = tmp_path / "r.tsv"
+    run_certification(g, data[:2], settings, out, quiet=True)  # as if killed after two images
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["settings"]["batch"] == 256 and manifest["settings"]["options"]["batch"] == "auto"
+
+    # Resumed on a machine where more would fit: the run keeps the batch it started with.
+    g.classifier.capacity = 10_000
+    run_certification(g, data, settings, out, quiet=True)
+    assert json.loads(out.with_suffix(".json").read_text())["settings"]["batch"] == 256
+    assert len(out.read_text().splitlines()) == 5
+    fixed = RunSettings(**{**settings.__dict__, "batch": 256})
+    with pytest.raises(ValueError, match="options"):
+        run_certification(g, data, fixed, out, quiet=True)
+
+
+
+# -- one progress bar per run; each image's source -----------------------------------------------------
+def _toy():
+    return toy_pipeline(num_classes=10, pixels=None)  # ten classes, any image size
+
+
+def test_only_the_main_process_draws_a_progress_bar(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runs, "_from_rank0", lambda value, world_size: value)  # no process group here
+    g = toy_pipeline(seed=None)
+    data = [(torch.full((1, 2, 2), 0.5), 0)] * 4
+    settings = toy_settings()
+    run_certification(g, data, settings, tmp_path / "r.tsv", rank=1, world_size=2)
+    assert capsys.readouterr().err == ""  # was a bar at position 1, cleared: blank lines under accelerate launch
+    assert (tmp_path / "r.tsv.part-001").read_text().count("\n") == 3  # its two images and the header
+    run_certification(g, data, settings, tmp_path / "one.tsv")
+    assert re.search(r"certify sigma=0\.25: 100%", capsys.readouterr().err)  # one process: its bar as before
+
+
+
+def test_each_result_line_records_its_source_after_cohens_columns(tmp_path):
+    weird = "7/tab\there\nand a newline \\ é.png"
+    root = images_at(tmp_path / "d", ["5/a.png", weird, "7/c.png"])
+    s = RunSettings(classifier="toy", dataset=f"imagefolder:{root}", sigma=0.25, n0=5, n=20, batch=20)
+    out = run_certification(_toy(), create_dataset(s.dataset), s, tmp_path / "r.tsv", quiet=True)
+    header, *lines = out.read_text().split("\n")[:-1]
+    assert header.split("\t")[:6] == ["idx", "label", "predict", "radius", "correct", "time"]
+    assert header.split("\t")[-1] == "source" and len(lines) == 3  # the odd name stays on one line
+    sources = [line.split("\t")[-1] for line in lines]
+    assert sources == ["5/a.png", "7/c.png", "7/tab\\there\\nand a newline \\\\ é.png"]
+    assert load_result(out).m == 3
+    analyze([out], tmp_path / "rep")  # the per-image report names each image's file
+    per_image = (tmp_path / "rep" / "per_image.csv").read_text()
+    assert per_image.splitlines()[0] == "idx,label,source,r predict,r radius" and "5/a.png" in per_image
+
+
+def test_a_file_from_before_the_source_column_still_resumes(tmp_path):
+    data = [(torch.full((1, 2, 2), 0.1 * i), 0) for i in range(4)]
+    s = RunSettings(classifier="toy", dataset="toy", sigma=0.25, n0=5, n=20, batch=20)
+    out = run_certification(_toy(), data, s, tmp_path / "r.tsv", quiet=True)
+    old = "".join("\t".join(line.split("\t")[:-1]) + "\n" for line in out.read_text().splitlines()[:3])
+    out.write_text(old)  # as the previous release wrote it, killed after two images
+    run_certification(_toy(), data, s, out, quiet=True)
+    lines = out.read_text().splitlines()
+    assert lines[0].split("\t")[-1] == "n0" and len(lines) == 5 and lines[1:3] == old.splitlines()[1:]
+
+
+def test_a_resume_on_a_dataset_that_changed_certifies_the_moved_images_again(tmp_path, caplog):
+    root = images_at(tmp_path / "d", ["5/a.png", "5/c.png", "7/e.png"])
+    s = RunSettings(classifier="toy", dataset=f"imagefolder:{root}", sigma=0.25, n0=5, n=20, batch=20)
+    out = run_certification(_toy(), create_dataset(s.dataset), s, tmp_path / "r.tsv", quiet=True)
+    images_at(root, ["5/b.png"])  # a new image: indices 1 and 2 now name other files
+    run_certification(_toy(), create_dataset(s.dataset), s, out, quiet=True)
+    assert "image 1 was '5/c.png' when certified" in caplog.text
+    rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
+    assert sorted((int(r[0]), r[-1]) for r in rows) == [(0, "5/a.png"), (1, "5/b.png"), (2, "5/c.png"), (3, "7/e.png")]

@@ -1,10 +1,10 @@
-"""Selection "all" (`certify.selection`): every class tested on the same samples, no selection draws; the
-union over the classes computed exactly, valid on a three-class oracle whose class probabilities are exact."""
+"""certify/selection.py, selection "all": every class tested on the same samples, no selection draws; the union
+over the classes computed exactly, valid on a three-class oracle whose class probabilities are exact. (The
+--selection option of the sequential mode: tests/test_sequential.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 
 import numpy as np
@@ -17,19 +17,19 @@ from certify.boundary import check_schedule, crossing_probability, sequential_te
 from certify.selection import UNION_SHARES, every_class_tests, others_crossing
 from certify.sequential import certify_at, certify_at_many
 from certify.smoothing import Smoothed
-from test_two_class import ThreeBands  # the three-class oracle with exact class probabilities
+from oracles import Bands  # with two cuts: three classes whose probabilities are exact
 
 SIGMA = 0.5
 
 
-def _three_bands(mu: float) -> tuple[ThreeBands, Smoothed, torch.Tensor]:
+def _three_bands(mu: float) -> tuple[Bands, Smoothed, torch.Tensor]:
     """The oracle with w.x at ``mu`` against bands at -0.3 and 0.5."""
     torch.manual_seed(0)
     w = torch.randn(16)
     w /= w.norm()
     x = torch.full((1, 4, 4), 0.5)
     shift = float(x.flatten() @ w) - mu  # the bands at -0.3 and 0.5 from w.x - shift = mu
-    f = ThreeBands(w, a=shift - 0.3, b=shift + 0.5)
+    f = Bands([shift - 0.3, shift + 0.5], w)
     return f, Smoothed(f, sigma=SIGMA, num_classes=3), x
 
 
@@ -75,7 +75,7 @@ def test_three_class_oracle_false_claims_within_alpha_and_as_the_exact_computati
     matches the DP of the top class's test (the other classes add nothing measurable). No claim for another
     class, and none of the selection draws."""
     f, g, x = _three_bands(0.05)
-    p = f.probabilities(x, SIGMA)
+    p = f.probabilities(f.mu(x), SIGMA)
     assert int(p.argmax()) == 1 and 0.55 < p[1] < 0.6
     true = SIGMA * float(norm.ppf(p[1]))
     alpha, trials, max_n = 0.05, 400, 2000
@@ -108,21 +108,3 @@ def test_every_class_decides_as_argmax_does_without_the_selection_draws():
     c = certify_at(g, x, [0.5], selection="all", **kwargs)
     assert c.certified == (False,) and c.prediction == -1 and c.n < 20_000 and c.n0 == 0
     assert c.pA_lower == 0.0  # cA was picked from these samples: no bound on its rate is reported
-
-
-def test_selection_option_is_checked_recorded_and_part_of_a_runs_identity(tmp_path, capsys):
-    from certify.cli import main
-
-    args = ["certify", "--mode", "sequential", "--radii", "0.5", "--classifier", "small-cnn.mnist5k",
-            "--dataset", "mnist5k:test", "--sigma", "0.5", "--n", "500", "--skip", "250", "--quiet"]
-    with pytest.raises(SystemExit):
-        main([*args, "--selection", "first", "--out", str(tmp_path / "a.tsv")])
-    assert "--selection: expected one of 'argmax', 'all', got 'first'" in capsys.readouterr().err and not list(tmp_path.iterdir())
-    assert main(["certify", *args[5:], "--selection", "all", "--out", str(tmp_path / "b.tsv")]) == 2
-    assert "selection is an option of the sequential mode, not of 'certify'" in capsys.readouterr().err
-    assert main([*args, "--out", str(tmp_path / "c.tsv")]) == 0
-    assert json.loads((tmp_path / "c.json").read_text())["settings"]["options"]["selection"] == "all"
-    used = [line.split("\t") for line in (tmp_path / "c.tsv").read_text().splitlines()[1:]]
-    assert used and all(int(line[9]) == 0 for line in used)  # no selection draws
-    assert main([*args, "--selection", "argmax", "--out", str(tmp_path / "c.tsv")]) == 2  # resume: another selection
-    assert "selection" in capsys.readouterr().err

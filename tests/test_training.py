@@ -1,9 +1,16 @@
-"""Training with Accelerate: multi-process launch, resume, every shipped config on stand-in data, the classifier trainer."""
+"""certify/training.py and the trainers on it (denoisers/training.py, ddpm_training.py, classifiers/training.py):
+two processes under `accelerate launch` (one log, half the data each, weights in sync, the main process exports),
+resume (epochs and optimizer state go on), every paper config for two steps on stand-in data, the classifier
+trainer learns; absurd sigma and a NaN loss refused, outputs never inside the package, command-line overrides,
+init_from in a fresh process, Accelerate's own precision setting kept. (What ships: test_classifiers.py,
+test_denoisers_trained.py; the launch helpers: test_launch.py.)"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,16 +18,15 @@ import pytest
 import torch
 import yaml
 
+import denoisers.training as training
+from certify.cli import main
+from certify.training import COMMON_DEFAULTS, check_ranks_agree, load_training_config, load_training_state
 from classifiers import create_classifier
-from certify.training import load_training_state
 from classifiers.training import train_classifier_from_config
 from denoisers import create_denoiser
-from denoisers.dncnn import DnCNN
+from denoisers.ddpm_training import DDPM_DEFAULTS, train_ddpm_from_config
 from denoisers.training import DENOISER_DEFAULTS, train_from_config
-from processes import ACCELERATE, launch_env
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ROOT / "recipes" / "configs"
+from fixtures import ACCELERATE, CONFIGS, DSMOOTH, ROOT, launch_env
 
 
 def write_yaml(path: Path, cfg: dict) -> str:
@@ -95,7 +101,6 @@ def rgb_standin(tmp_path_factory) -> str:
     return str(folder)
 
 
-# the denoiser training configs for GPU users (other configs in the folder belong to other recipes)
 GPU_CONFIGS = sorted(p.name for p in CONFIGS.glob("dncnn*.yaml") if "cifar10" in p.name or "imagenet" in p.name)
 
 
@@ -145,46 +150,7 @@ def test_classifier_trainer_learns_and_saves(tmp_path):
     assert (tmp_path / "export" / "clf.yaml").is_file()
 
 
-# ---------------------------------------------------------------- what ships
-
-SHIPPED = sorted(p.name for p in (ROOT / "denoisers" / "pretrained").glob("dncnn.mnist5k_*"))
-
-
-@pytest.fixture(scope="module")
-def mnist_test():
-    from certify.data import create_dataset
-
-    ds = create_dataset("mnist5k:test")
-    xs, ys = zip(*(ds[i] for i in range(0, 1000, 4)))
-    return torch.stack(xs), torch.tensor(ys)
-
-
-def test_shipped_classifier_is_accurate(mnist_test):
-    clf = create_classifier("small-cnn.mnist5k")
-    x, y = mnist_test
-    with torch.no_grad():
-        acc = float((clf(x).argmax(1) == y).float().mean())
-    assert acc > 0.95
-
-
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_denoisers_denoise_and_help_the_classifier(name, mnist_test):
-    from denoisers.training import evaluate_denoiser
-
-    den = create_denoiser(name)
-    assert den.sigma == {"s025": 0.25, "s050": 0.5}[name.split("_")[1]]
-    assert den.provenance["objective"] == ("stab+mse" if name.endswith("stabmse") else "mse")
-    folder = ROOT / "denoisers" / "pretrained" / name
-    assert {p.suffix for p in folder.iterdir()} >= {".json", ".safetensors", ".yaml"}
-    x, y = mnist_test
-    m = evaluate_denoiser(den, create_classifier("small-cnn.mnist5k"), [(x, y)], den.sigma, seed=7)
-    assert m["psnr_denoised"] > m["psnr_noisy"] + 5
-    assert m["acc_denoised"] > m["acc_noisy"]
-
-
 def test_check_ranks_agree_catches_desynchronised_weights():
-    from certify.training import check_ranks_agree
-
     class TwoRanks:  # what Accelerate's gather would return from two processes
         num_processes, device = 2, "cpu"
 
@@ -237,3 +203,145 @@ def test_ddpm_recipe_two_processes_then_resume(tmp_path):
     assert (state["epoch"], state["steps"], state["extra"]["ema_step"]) == (1, 6, 6)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2]
+
+
+
+# -- refusals, outputs, overrides ----------------------------------------------------------------------------
+def two_steps(tmp_path: Path, **keys) -> Path:
+    """A denoiser config file for two steps on digits (3 layers, 4 features)."""
+    cfg = dict(denoiser_kwargs={"in_channels": 1, "depth": 3, "features": 4}, sigma=0.5, epochs=1, batch_size=64,
+               train_dataset="digits:train", cpu=True, num_threads=1, max_steps=2, output_dir=str(tmp_path / "run"))
+    cfg.update(keys)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("sigma", [".inf", ".nan", "1.0e+39", "-0.5", "0"])
+def test_train_denoiser_refuses_absurd_sigma_with_one_line(tmp_path, capsys, sigma):
+    config = two_steps(tmp_path)
+    config.write_text(config.read_text().replace("sigma: 0.5", f"sigma: {sigma}"))
+    assert main(["train-denoiser", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "sigma" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # nothing written, no NaN checkpoint
+
+
+def test_non_finite_loss_stops_training_without_saving(tmp_path, monkeypatch):
+    monkeypatch.setattr(training, "denoiser_loss",
+                        lambda objective, denoiser, clean, labels, sigma, clf: denoiser(clean, sigma).sum() * float("nan"))
+    with pytest.raises(ValueError, match="loss became nan at epoch 1, step 1"):
+        train_from_config(str(two_steps(tmp_path)))
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_shipped_configs_never_write_into_the_package():
+    for config in sorted((ROOT / "recipes" / "configs").glob("*.yaml")):
+        raw = yaml.safe_load(config.read_text())
+        if "train_dataset" not in raw:  # certification / compare configs
+            continue
+        cfg = load_training_config(config, {**DENOISER_DEFAULTS, **DDPM_DEFAULTS, **COMMON_DEFAULTS,
+                                            "classifier": None, "noise_sigma": 0.0})
+        for key in ("output_dir", "export_dir"):
+            if cfg[key]:
+                assert not str(Path(cfg[key])).startswith(("denoisers", "classifiers", "certify")), (config, key)
+
+
+def test_a_config_pointing_into_the_package_is_refused_unless_named_on_the_command_line(tmp_path):
+    config = two_steps(tmp_path, export_dir=str(ROOT / "denoisers" / "pretrained" / "dncnn.mnist5k_s025_mse"))
+    with pytest.raises(ValueError, match="inside the installed package.*--export-dir"):
+        load_training_config(config, DENOISER_DEFAULTS)
+    cfg = load_training_config(config, DENOISER_DEFAULTS, {"export_dir": str(tmp_path / "x")})
+    assert cfg["export_dir"] == str(tmp_path / "x")
+
+
+SHIPPED_DNCNN = ROOT / "denoisers" / "pretrained" / "dncnn.mnist5k_s025_mse"
+
+
+def _files(folder: Path) -> dict:
+    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("spelling", ["denoisers/pretrained/dncnn.mnist5k_s025_mse",
+                                      "denoisers/pretrained/dncnn.mnist5k_s025_mse/",
+                                      "recipes/../denoisers/./pretrained/dncnn.mnist5k_s025_mse", str(SHIPPED_DNCNN)])
+def test_the_output_dir_flag_never_points_into_a_shipped_model(tmp_path, monkeypatch, capsys, spelling):
+    """Issue 25 item 11: --output-dir overwrote the shipped model with a 5-step one and left training_state.pt
+    and log.jsonl beside it; only --export-dir refreshes shipped weights (and writes no training state)."""
+    monkeypatch.chdir(ROOT)
+    before = _files(SHIPPED_DNCNN)
+    assert main(["train-denoiser", "--config", str(two_steps(tmp_path)), "--output-dir", spelling]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"dsmooth train-denoiser: error: output_dir {spelling!r} lies inside the installed "
+                          f"package ({ROOT / 'denoisers'})"), err
+    assert f"refreshed with --export-dir {spelling} (weights only)" in err and err.count("\n") == 1
+    assert _files(SHIPPED_DNCNN) == before
+
+
+def test_every_trainer_refuses_a_run_folder_in_the_package_from_a_config_or_the_command_line(tmp_path):
+    minimal = tmp_path / "m.yaml"
+    for train in (train_from_config, train_classifier_from_config, train_ddpm_from_config):
+        for where in ({"output_dir": str(SHIPPED_DNCNN)}, {}):  # the config key, the command line (overrides)
+            minimal.write_text(yaml.safe_dump({"train_dataset": "digits:train", "max_steps": 1, "cpu": True, **where}))
+            with pytest.raises(ValueError, match=r"^output_dir .* lies inside the installed package"):
+                train(str(minimal), overrides={} if where else {"output_dir": str(SHIPPED_DNCNN)})
+
+
+def test_a_symlink_or_a_copy_of_a_shipped_model_is_no_run_folder(tmp_path):
+    (tmp_path / "link").symlink_to(SHIPPED_DNCNN, target_is_directory=True)
+    (tmp_path / "pretrained").symlink_to(SHIPPED_DNCNN.parent, target_is_directory=True)
+    config = two_steps(tmp_path)
+    for path in (tmp_path / "link", tmp_path / "pretrained" / SHIPPED_DNCNN.name, tmp_path / "pretrained" / "new"):
+        with pytest.raises(ValueError, match=r"^output_dir .* lies inside the installed package"):
+            load_training_config(config, DENOISER_DEFAULTS, {"output_dir": str(path)})
+    # a source checkout that is not the imported one: its shipped models are known by their bundle.json
+    copy = tmp_path / "checkout" / "denoisers" / "pretrained" / SHIPPED_DNCNN.name
+    shutil.copytree(SHIPPED_DNCNN, copy)
+    for path in (copy, copy / "sub"):
+        with pytest.raises(ValueError, match=rf"^output_dir .* lies in the exported model {copy} \(bundle.json\)"):
+            load_training_config(config, DENOISER_DEFAULTS, {"output_dir": str(path)})
+    # --export-dir may refresh the shipped model on purpose, but an export is never the run folder
+    assert load_training_config(config, DENOISER_DEFAULTS, {"export_dir": str(tmp_path / "link")})["export_dir"]
+    with pytest.raises(ValueError, match="export_dir .* is the run folder"):
+        load_training_config(config, DENOISER_DEFAULTS, {"export_dir": str(tmp_path / "run") + "/"})
+
+
+def test_output_dir_defaults_under_runs(tmp_path):
+    config = two_steps(tmp_path)
+    raw = yaml.safe_load(config.read_text())
+    del raw["output_dir"]
+    config.write_text(yaml.safe_dump(raw))
+    assert load_training_config(config, DENOISER_DEFAULTS)["output_dir"] == "runs/c"
+
+
+def test_cli_overrides_and_init_from_a_folder_in_a_fresh_process(tmp_path, capsys):
+    """--output-dir, --epochs and --max-steps override the config; init_from a folder works in a fresh process
+    (before, the architectures were not registered yet there: "expected one of []"); --help lists the flags."""
+    create_denoiser("dncnn", in_channels=1, depth=3, features=4, sigma=0.5).save_pretrained(tmp_path / "init")
+    raw = yaml.safe_load(two_steps(tmp_path, max_steps=None, epochs=50).read_text())
+    del raw["denoiser_kwargs"]
+    raw.update(init_from=str(tmp_path / "init"), objective="mse")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    out = tmp_path / "elsewhere"
+    proc = subprocess.run([*DSMOOTH, "train-denoiser", "--config", str(tmp_path / "c.yaml"), "--output-dir", str(out),
+                           "--epochs", "1", "--max-steps", "1"], capture_output=True, text=True,
+                          env=launch_env(), cwd=tmp_path, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert create_denoiser(f"dncnn:{out}").sigma == 0.5 and not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit):
+        main(["train-denoiser", "--help"])
+    help_text = capsys.readouterr().out
+    for flag in ("--output-dir", "--export-dir", "--epochs", "--max-steps", "--resume", "--config"):
+        assert flag in help_text
+
+
+def test_accelerate_precision_setting_is_not_overridden(tmp_path):
+    code = ("from certify.training import make_accelerator, COMMON_DEFAULTS\n"
+            "print(make_accelerator({**COMMON_DEFAULTS, 'cpu': True}).mixed_precision)\n"
+            "from accelerate.state import AcceleratorState; AcceleratorState._reset_state(True)\n"
+            "print(make_accelerator({**COMMON_DEFAULTS, 'cpu': True, 'mixed_precision': 'no'}).mixed_precision)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=launch_env(ACCELERATE_MIXED_PRECISION="bf16"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["bf16", "no"]  # the environment's setting, unless the config sets one
+

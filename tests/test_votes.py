@@ -222,7 +222,7 @@ def test_the_cost_per_sample_is_in_the_manifest(tmp_path):
 # -- two process counts: one `accelerate launch` ----------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_processes_give_the_votes_of_one(tmp_path):
-    from processes import ACCELERATE, launch_env
+    from fixtures import ACCELERATE, launch_env
 
     args = ["certify", "--classifier", "small-cnn.mnist5k", "--dataset", "mnist5k:test", "--denoiser", "ddpm.mnist5k",
             "--denoiser-arg", "num_steps=2", "--denoiser-arg", "eta=1", "--votes", "3", "--sigma", "0.5",

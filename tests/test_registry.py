@@ -1,16 +1,25 @@
-"""The plugin registry (names, wildcards, entry points, close matches) and the dataset specs."""
+"""certify/registry.py, the one plugin registry: specs, registering, listing with wildcards, close matches, plugin
+files found in their package without a list, bundled names, third-party plugins by entry point and every
+collision named with who holds the name; a factory's signature decides which options it takes (a TypeError of
+its own is not taken for a bad option), and fresh models refuse options they would ignore and absurd sizes."""
 
 from __future__ import annotations
 
+import importlib
+import json
+import logging
+import re
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 
-from certify.data import create_dataset, list_datasets
+from certify.data import create_dataset
 from certify.registry import Registry, split_spec
+from classifiers import create_classifier
+from denoisers import create_denoiser
+from fixtures import fake_distribution
 
 
 def test_spec_parsing():
@@ -49,10 +58,7 @@ def test_third_party_plugins_arrive_through_entry_points(tmp_path, monkeypatch):
         def make(identifier=None):
             return Blur()
     """))
-    dist = tmp_path / "acme_denoiser-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-denoiser\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[denoised_smoothing.denoisers]\nacme-blur = acme_denoiser:make\n")
+    fake_distribution(tmp_path, "acme-denoiser", "1.0", "[denoised_smoothing.denoisers]\nacme-blur = acme_denoiser:make\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     fresh = Registry("denoiser", entry_point_group="denoised_smoothing.denoisers")  # as denoisers.DENOISERS, unloaded
     fresh.register("none")(lambda identifier=None: None)
@@ -89,8 +95,6 @@ def test_a_new_plugin_file_is_found_without_editing_a_list(tmp_path, monkeypatch
     (tmp_path / name / "pretrained" / "cube.tiny").mkdir(parents=True)
     (tmp_path / name / "pretrained" / "cube.tiny" / "bundle.json").write_text('{"family": "cube", "summary": "s"}')
     monkeypatch.syspath_prepend(str(tmp_path))
-    import importlib
-
     reg = importlib.import_module(name).GADGETS
     assert reg.list() == ["cube", "cube.tiny"]
     assert reg.create("cube", side=2) == ("cube", 2)
@@ -108,8 +112,6 @@ def test_a_plugin_taking_a_built_in_name_is_refused_naming_the_holder(tmp_path, 
         """,
     })
     monkeypatch.syspath_prepend(str(tmp_path))
-    import importlib
-
     reg = importlib.import_module(name).GADGETS
     # registered from outside before anything was listed: the built-ins load first, so the clash shows now
     with pytest.raises(ValueError, match=rf"gadget 'cube' is already registered by the built-in gadget "
@@ -146,57 +148,62 @@ def test_bundled_names_resolve_to_their_family(tmp_path):
     assert reg.create("fam.tag_a", x=1) == ("loaded", str(tmp_path / "fam.tag_a"), {"x": 1})
 
 
-def test_mnist5k_fixed_split():
-    train, test = create_dataset("mnist5k:train"), create_dataset("mnist5k")
-    assert len(train) == 4000 and len(test) == 1000
-    assert np.bincount(test.targets).tolist() == [100] * 10
-    x, y = test[0]
-    assert x.shape == (1, 28, 28) and x.dtype == torch.float32 and 0 <= float(x.min()) and float(x.max()) <= 1
-    # no digit is in both halves
-    train_set = {train[i][0].numpy().tobytes() for i in range(0, 4000, 7)}
-    assert not any(test[i][0].numpy().tobytes() in train_set for i in range(0, 1000, 3))
+
+def test_a_keyword_the_plugin_does_not_take_is_one_line():
+    with pytest.raises(ValueError, match=r"^unknown option 'colour' for dataset 'digits'; it takes no options$"):
+        create_dataset("digits:test", colour=True)
+    with pytest.raises(ValueError, match=r"^unknown option 'colour' for dataset 'imagefolder'; it takes size, label_map$"):
+        create_dataset("imagefolder:.", colour=True)
 
 
-def test_foolbox_samples_are_real_labelled_images():
-    ds = create_dataset("foolbox:imagenet")
-    assert len(ds) == 20
-    x, y = ds[0]
-    assert x.shape[0] == 3 and x.shape[1] >= 224 and 0 <= y < 1000
-    assert float(x.std()) > 0.05  # a photo, not a blank
-    assert create_dataset("foolbox:mnist")[0][0].shape == (1, 28, 28)
-    with pytest.raises(ValueError, match="foolbox dataset must be one of"):
-        create_dataset("foolbox:svhn")
+def test_a_plugin_named_like_a_built_in_is_reported(tmp_path, monkeypatch, caplog):
+    fake_distribution(tmp_path, "clashing", "2.0", "[test.clash]\nsquare = json:dumps\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = Registry("widget", entry_point_group="test.clash")
+    reg.register("square")(lambda identifier=None: "built-in")
+    with caplog.at_level(logging.WARNING):
+        assert reg.create("square") == "built-in"
+    assert "widget plugin 'square' from clashing collides with the built-in" in caplog.text
 
 
-def _png(path, value, size=(6, 5)):
-    from PIL import Image
-
-    Image.fromarray(np.full((*size[::-1], 3), value, np.uint8)).save(path)
+def _inner(size):
+    return size
 
 
-def test_imagefolder_and_hf_save_to_disk(tmp_path):
-    import datasets
-
-    for label, value in (("cat", 10), ("dog", 250)):
-        (tmp_path / "imgs" / label).mkdir(parents=True)
-        for i in range(2):
-            _png(tmp_path / "imgs" / label / f"{i}.png", value)
-    ds = create_dataset(f"imagefolder:{tmp_path / 'imgs'}")
-    assert len(ds) == 4 and ds.class_names == ["cat", "dog"]
-    x, y = next((x, y) for x, y in (ds[i] for i in range(4)) if y == 1)
-    assert x.shape == (3, 5, 6) and float(x.mean()) == pytest.approx(250 / 255)
-
-    from PIL import Image
-
-    hf = datasets.Dataset.from_dict(
-        {"img": [Image.fromarray(np.full((4, 4, 3), v, np.uint8)) for v in (0, 255)], "label": [0, 1]},
-        features=datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])}))
-    datasets.DatasetDict({"test": hf}).save_to_disk(str(tmp_path / "hfds"))
-    ds = create_dataset(f"hf:{tmp_path / 'hfds'}:test")
-    assert len(ds) == 2 and ds.class_names == ["a", "b"] and float(ds[1][0].min()) == 1.0
+def test_a_type_error_inside_a_factory_is_not_taken_for_a_bad_option():
+    reg = Registry("widget", entry_point_group=None)
+    reg.register("buggy")(lambda identifier=None, size=1: _inner(colour=size))  # a bug, not the user's option
+    reg.register("forwards")(lambda identifier=None, **options: _inner(**options))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'colour'"):
+        reg.create("buggy", size=2)
+    with pytest.raises(ValueError, match=r"^unknown option 'colour' for widget 'forwards' \(.*_inner\(\) got an"):
+        reg.create("forwards", colour=2)  # handed on, refused by its receiver: the user's option after all
+    assert reg.create("forwards", size=3) == 3
 
 
-def test_dataset_listing_and_errors():
-    assert {"mnist5k", "foolbox", "imagefolder", "hf", "digits"} <= set(list_datasets())
-    with pytest.raises(ValueError, match="imagefolder needs an existing folder"):
-        create_dataset("imagefolder:/does/not/exist")
+def test_fresh_models_refuse_options_they_do_not_take_and_absurd_sizes():
+    with pytest.raises(ValueError, match=r"^unknown option 'widht' for classifier 'small-cnn'; it takes in_channels, "):
+        create_classifier("small-cnn", widht=8)  # was stored in the config and ignored
+    with pytest.raises(ValueError, match=r"efficientnet-lite0 is the shipped ImageNet weights, so it does not take "
+                                         r"\['pretrained'\]"):
+        create_classifier("efficientnet-lite0", pretrained=False)  # was ignored: the shipped weights loaded anyway
+    with pytest.raises(ValueError, match=r"dncnn with options \{'features': 10000000\} describes a network of more"):
+        create_denoiser("dncnn", features=10**7)  # was a RuntimeError from the allocator (36 TB)
+    with pytest.raises(ValueError, match="small-cnn needs integer sizes >= 1"):
+        create_classifier("small-cnn", width=-1)  # was a RuntimeError (negative dimension)
+
+
+def test_plugin_collisions_name_who_holds_the_name(tmp_path, monkeypatch, caplog):
+    for where, name, entry in (("a", "one", "square = json:dumps"), ("b", "one", "square = json:dumps"),
+                               ("c", "two", "circle = json:loads"), ("d", "three", "circle = json:dumps"),
+                               ("e", "four", "line = json:__name__")):
+        fake_distribution(tmp_path / where, name, "1.0", f"[test.twice]\n{entry}\n")
+        monkeypatch.syspath_prepend(str(tmp_path / where))
+    reg = Registry("widget", entry_point_group="test.twice")
+    with caplog.at_level(logging.WARNING):
+        assert reg.list() == ["circle", "square"]
+    assert reg.entry("square").factory is json.dumps
+    assert caplog.text.count("collides") == 1  # one package twice on the path is no collision (was: "the built-in")
+    assert re.search(r"widget plugin 'circle' from (two|three) collides with the plugin from (two|three) ", caplog.text)
+    assert "widget plugin 'line' from four is not callable" in caplog.text
+

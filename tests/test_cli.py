@@ -1,10 +1,11 @@
-"""Issue 25, item 15: one line per mistake, quiet when asked, close matches, clean help and progress output."""
+"""certify/cli.py, `dsmooth`: one line per command-line mistake (no usage block) with close matches, help pages
+without raw markup, --quiet silencing the libraries, listing (the CLI and Python agree), --version, analyze's
+--names, and a device that is not there."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 
 import numpy as np
@@ -13,6 +14,9 @@ import torch
 from PIL import Image
 
 from certify.cli import build_parser, main
+from certify.runs import run_certification
+from classifiers import list_classifiers
+from fixtures import toy_run
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -80,43 +84,38 @@ def test_quiet_silences_the_datasets_library(tmp_path, capsys, monkeypatch):
                 sys.modules[name].utils.logging.enable_progress_bar()
 
 
-def test_close_matches_for_model_and_class_names(tmp_path):
-    from certify.data import create_dataset, map_folder_labels
-    from classifiers import create_classifier
-
-    with pytest.raises(ValueError, match=r"unknown timm model 'resnt50'; did you mean 'timm:resnet50'"):
-        create_classifier("timm:resnt50", pretrained=False)
-    with pytest.raises(ValueError, match=r"did you mean 'torchvision:resnet50'"):
-        create_classifier("torchvision:resnet05", weights=None)
-    for name in ("goldfsh", "tench"):
-        (tmp_path / name).mkdir()
-        Image.new("RGB", (4, 4)).save(tmp_path / name / "a.png")
-    ds = create_dataset(f"imagefolder:{tmp_path}")
-    with pytest.raises(ValueError, match=r"\(folder 'goldfsh'; did you mean 'goldfish'\?\)"):
-        map_folder_labels(ds, ["tench, Tinca tinca", "goldfish, Carassius auratus", "great white shark"])
-
-
 def test_list_classifiers_in_python_finds_what_the_cli_lists(capsys):
-    from classifiers import list_classifiers
-
     assert main(["list", "classifiers", "*resnet5*"]) == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert listed and list_classifiers("*resnet5*") == listed
     assert "timm:resnet50" in listed and "torchvision:resnet50" in listed
 
 
-def test_only_the_main_process_draws_a_progress_bar(tmp_path, capsys, monkeypatch):
-    from certify import runs
-    from certify.settings import RunSettings
-    from certify.runs import run_certification
-    from certify.smoothing import Smoothed
 
-    monkeypatch.setattr(runs, "_from_rank0", lambda value, world_size: value)  # no process group here
-    f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
-    data = [(torch.full((1, 2, 2), 0.5), 0)] * 4
-    settings = RunSettings(classifier="toy", dataset="toy", sigma=0.25, n0=10, n=50, batch=25)
-    run_certification(Smoothed(f, sigma=0.25, num_classes=2), data, settings, tmp_path / "r.tsv", rank=1, world_size=2)
-    assert capsys.readouterr().err == ""  # was a bar at position 1, cleared: blank lines under accelerate launch
-    assert (tmp_path / "r.tsv.part-001").read_text().count("\n") == 3  # its two images and the header
-    run_certification(Smoothed(f, sigma=0.25, num_classes=2), data, settings, tmp_path / "one.tsv")
-    assert re.search(r"certify sigma=0\.25: 100%", capsys.readouterr().err)  # one process: its bar as before
+def test_listing_with_a_pattern_searches_timm_and_torchvision(capsys):
+    assert main(["list", "classifiers", "*resnet50"]) == 0
+    out = capsys.readouterr().out
+    assert "timm:resnet50 " in out and "torchvision:resnet50 " in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("dsmooth 0.")
+
+
+
+def test_names_must_match_the_files(tmp_path, capsys):
+    g, data, s = toy_run(2)
+    a = run_certification(g, data, s, tmp_path / "a.tsv", quiet=True)
+    b = run_certification(g, data, s, tmp_path / "b.tsv", quiet=True)
+    assert main(["analyze", str(a), str(b), "--names", "x", "--out", str(tmp_path / "rep")]) == 2
+    assert "--names gives 1 name(s) for 2 file(s)" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
+    code = main(["certify", "--classifier", "small-cnn", "--dataset", "digits:test", "--sigma", "0.5", "--n", "10",
+                 "--device", "cuda", "--out", str(tmp_path / "r.tsv")])
+    assert code == 2 and "torch sees no CUDA GPU" in capsys.readouterr().err
+
