@@ -148,14 +148,19 @@ def test_nan_denoiser_is_refused_in_every_mode():
         for p in den.parameters():
             p.fill_(float("nan"))
     g = Smoothed(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)), den, sigma=0.25, num_classes=3)
-    with pytest.raises(NonFiniteOutput, match="DnCNN"):
-        g.certify(X, n0=10, n=100, alpha=0.001, batch_size=50)
-    with pytest.raises(NonFiniteOutput):
-        g.predict(X, n=100, alpha=0.001, batch_size=50)
-    with pytest.raises(NonFiniteOutput):
-        certify_at(g, X, [0.1], alpha=0.001, max_n=200, batch_size=50)
-    with pytest.raises(NonFiniteOutput):
-        certify_anytime(g, X, alpha=0.001, max_n=200, batch_size=50)
+    _refused_in_every_mode(g, X, NonFiniteOutput, "DnCNN")
+
+
+def _refused_in_every_mode(g: Smoothed, x: torch.Tensor, error: type, match: str) -> None:
+    """Cohen's CERTIFY and PREDICT, the sequential test and the anytime radius each raise ``error``."""
+    with pytest.raises(error, match=match):
+        g.certify(x, n0=10, n=100, alpha=0.001, batch_size=50)
+    with pytest.raises(error, match=match):
+        g.predict(x, n=100, alpha=0.001, batch_size=50)
+    with pytest.raises(error, match=match):
+        certify_at(g, x, [0.1], alpha=0.001, max_n=200, batch_size=50)
+    with pytest.raises(error, match=match):
+        certify_anytime(g, x, alpha=0.001, max_n=200, batch_size=50)
 
 
 def test_hard_labels_out_of_range_are_refused():
@@ -217,15 +222,7 @@ def test_a_broken_denoiser_in_front_of_a_remote_api_is_refused_in_every_mode(val
     # at the largest radius n allows
     api = RemoteClassifier(PixelAPI(), num_classes=4)
     g = Smoothed(api, ConstantDenoiser(value), sigma=0.25)
-    x = torch.full((3, 4, 4), 0.8)
-    with pytest.raises(NonFiniteOutput, match="outside"):
-        g.certify(x, n0=10, n=100, alpha=0.001, batch_size=50)
-    with pytest.raises(NonFiniteOutput):
-        g.predict(x, n=100, alpha=0.001, batch_size=50)
-    with pytest.raises(NonFiniteOutput):
-        certify_at(g, x, [0.1], alpha=0.001, max_n=100, batch_size=50)
-    with pytest.raises(NonFiniteOutput):
-        certify_anytime(g, x, alpha=0.001, max_n=100, batch_size=50)
+    _refused_in_every_mode(g, torch.full((3, 4, 4), 0.8), NonFiniteOutput, "outside")
 
 
 def test_a_denoiser_of_the_wrong_shape_is_refused():
