@@ -16,13 +16,13 @@ PY=${PY:-python}
 if [ "${TINY:-0}" = 1 ]; then
   DEV=cpu; LIMIT=300
   DDS=(--tiny --samples 8 --batch 8 --configs fp32 --sequential-configs fp32 --photos 2 --sequential-n 200)
-  PACK=(--images 4 --sigmas 0.25 --n 2000 --batch 200)
+  PACK=(--images 4 --sigmas 0.25 --n 2000 --batch 200 --cohen-images 1)
   THRU=(--model resnet18 --size 32 --batch 10 --n 20 --repeats 1)
 else
   DEV=cuda; LIMIT=240
   DDS=(--batch auto --max-batch 1024 --samples 2048 --configs fp32 bf16 bf16+compile bf16+channels_last
        --sequential-configs bf16)
-  PACK=(--images 100 --imagenet --batch 8192)
+  PACK=(--images 100 --imagenet --batch 8192 --cohen-images 20)
   THRU=(--model resnet50 --size 224 --batch 400 --n 8000 --autocast fp32 bf16 --compile off on --channels-last)
 fi
 

@@ -37,6 +37,14 @@ from denoisers import create_denoiser
 WAYS = ("one image per call", "packed", "packed + look-ahead")
 
 
+def _row(g: Smoothed, way: str, images: int, used: int, seconds: float, batch: int) -> dict:
+    """What a way cost: the pipeline's counters (passes, samples drawn) since they were reset, and its time."""
+    return {"way": way, "images": images, "forward_passes": g.passes, "passes_per_image": round(g.passes / images, 2),
+            "samples_drawn": g.drawn, "samples_used": used, "batch_fill": round(g.drawn / (g.passes * batch), 4),
+            "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 2),
+            "samples_per_s": round(used / seconds, 1)}
+
+
 def _run(g: Smoothed, images: list[torch.Tensor], indices: list[int], args, way: str, n: int, radii: list) -> dict:
     kwargs = dict(alpha=args.alpha, max_n=n, batch_size=args.batch, seed=0, step=SEQUENTIAL_STEP,
                   growth=SEQUENTIAL_GROWTH, mixture=args.mixture, futility=SEQUENTIAL_FUTILITY,
@@ -51,11 +59,17 @@ def _run(g: Smoothed, images: list[torch.Tensor], indices: list[int], args, way:
                                                         look_ahead=way.endswith("look-ahead"), **kwargs)}
         results = [found[k] for k in range(len(images))]
     seconds = time.perf_counter() - start
-    used = sum(r.n + r.n0 for r in results)
-    return {"way": way, "forward_passes": g.passes, "passes_per_image": round(g.passes / len(images), 2),
-            "samples_drawn": g.drawn, "samples_used": used, "batch_fill": round(g.drawn / (g.passes * args.batch), 4),
-            "seconds": round(seconds, 2), "images_per_s": round(len(images) / seconds, 2),
+    return {**_row(g, way, len(images), sum(r.n + r.n0 for r in results), seconds, args.batch),
             "certificates": [(r.cA, list(r.certified), r.n) for r in results]}
+
+
+def _cohen(g: Smoothed, images: list[torch.Tensor], args, n: int) -> dict:
+    """Cohen mode's rate on the same pipeline (its CERTIFY packed as its run streams it, n0 = 100): the
+    reference for the sequential rows' samples/s (issue 27: a sequential run at >= 60% of it on a GPU)."""
+    g.passes = g.drawn = 0
+    start = time.perf_counter()
+    used = sum(c.n + c.n0 for _, c, _ in g.certify_stream(images, 100, n, args.alpha, args.batch))
+    return _row(g, "Cohen mode", len(images), used, time.perf_counter() - start, args.batch)
 
 
 def _pipelines(args) -> list[tuple[str, Smoothed, list, list]]:
@@ -86,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mixture", default="one-sided")
     p.add_argument("--imagenet", action="store_true", help="also the ImageNet example (n = --imagenet-n)")
     p.add_argument("--imagenet-n", type=int, default=10_000)
+    p.add_argument("--cohen-images", type=int, default=0,
+                   help="also Cohen mode on the first K images of each pipeline (its samples/s, the reference)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="benchmarks/results/sequential_packing.json")
@@ -100,10 +116,16 @@ def main(argv: list[str] | None = None) -> dict:
         identical = all(w["certificates"] == ways[0]["certificates"] for w in ways)
         for w in ways:
             w.pop("certificates")
-            rows.append({"pipeline": name, "images": len(images), "n": n, "radii": radii, **w, "identical": identical})
+        if args.cohen_images:
+            ways.append(_cohen(g, images[:args.cohen_images], args, n))
+            for w in ways[:-1]:
+                w["samples_per_s_vs_cohen"] = round(w["samples_per_s"] / ways[-1]["samples_per_s"], 3)
+        for w in ways:
+            rows.append({"pipeline": name, "n": n, "radii": radii, **w,
+                         "identical": identical if w["way"] in WAYS else None})
             print(f"{name:34s} {w['way']:22s} passes/img {w['passes_per_image']:7.2f}  fill {w['batch_fill']:.3f}  "
-                  f"{w['images_per_s']:7.2f} img/s  used {w['samples_used']:,}  drawn {w['samples_drawn']:,}  "
-                  f"identical {identical}", flush=True)
+                  f"{w['images_per_s']:7.2f} img/s  {w['samples_per_s']:9.1f} samples/s  used {w['samples_used']:,}  "
+                  f"drawn {w['samples_drawn']:,}  identical {rows[-1]['identical']}", flush=True)
         result = {"benchmark": "sequential_packing", "machine": machine_info(args.device), "batch": args.batch,
                   "mixture": args.mixture, "rows": rows}
         write_json(args.out, result)  # after each pipeline: a run cut short keeps what it measured

@@ -162,3 +162,20 @@ def test_timestep_rule_smoke(tmp_path):
     assert row["images"] == 30 and row["t_first"] == 259 and 258 < row["t_exact"] < 259
     assert row["implied_sigma_exact"] == pytest.approx(0.5) and row["implied_sigma_first"] > 0.5
     assert row["psnr_first"] > row["psnr_noisy"] + 6 and row["psnr_exact"] > row["psnr_noisy"] + 6
+
+
+def test_sequential_packing_tiny(tmp_path):
+    """Three ways give the same certificates; look-ahead fills the passes; Cohen mode is the samples/s reference."""
+    out = tmp_path / "p.json"
+    result = _load("sequential_packing").main(
+        ["--images", "4", "--sigmas", "0.25", "--n", "2000", "--batch", "200", "--cohen-images", "1",
+         "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = {row["way"]: row for row in result["rows"]}
+    assert list(rows) == ["one image per call", "packed", "packed + look-ahead", "Cohen mode"]
+    assert all(rows[w]["identical"] for w in list(rows)[:3]) and rows["Cohen mode"]["images"] == 1
+    one, ahead = rows["one image per call"], rows["packed + look-ahead"]
+    assert one["samples_used"] == ahead["samples_used"] <= ahead["samples_drawn"]
+    assert ahead["forward_passes"] < one["forward_passes"] and ahead["batch_fill"] > one["batch_fill"]
+    cohen = rows["Cohen mode"]["samples_per_s"]
+    assert ahead["samples_per_s_vs_cohen"] == pytest.approx(ahead["samples_per_s"] / cohen, rel=1e-2)
