@@ -28,7 +28,7 @@ from .modes import Mode, check_line
 from .redact import redact
 from .results import (OutputLock, escape_cell, file_columns, format_rows, manifest_path, open_append, read_manifest,
                       read_results, refuse_links, repair, shard_paths, write_atomic, write_manifest)
-from .settings import RunSettings, package_versions
+from .settings import RunSettings, package_versions, schema
 from .smoothing import ABSTAIN, Smoothed
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def _check_resume(out: Path, settings: RunSettings) -> dict[str, Any] | None:
         if out.exists() or shard_paths(out):
             raise ValueError(f"{out} exists without its manifest {manifest_path(out).name}; refusing to append to it")
         return None
-    old, new = redact(manifest.get("settings", {})), redact(settings.record())  # the rule of today on both sides
+    old, new = redact(_owned(manifest.get("settings", {}))), redact(settings.record())  # today's rule on both sides
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             raise ValueError(
@@ -53,6 +53,19 @@ def _check_resume(out: Path, settings: RunSettings) -> dict[str, Any] | None:
                 f"use another --out or the same settings to resume"
             )
     return manifest
+
+
+def _owned(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings without the options their mode does not have: an older release recorded e.g. --radii
+    in Cohen's mode, which read nothing of it (today the flag is refused there); such a file still resumes."""
+    try:
+        names = schema(recorded.get("mode"))
+    except (KeyError, ValueError):  # a mode not installed now: compare everything
+        return recorded
+    options = recorded.get("options")
+    if not isinstance(options, dict):
+        return recorded
+    return {**recorded, "options": {k: v for k, v in options.items() if k in names}}
 
 
 def image_source(dataset: Any, idx: int) -> str:

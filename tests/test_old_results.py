@@ -19,9 +19,9 @@ COMMANDS = {  # the commands that wrote them (tests/data/release_269564d/*.json,
 }
 
 
-def _run(name: str, out: Path) -> int:
+def _run(name: str, out: Path, command: list[str] | None = None) -> int:
     extra = [] if name == "predict" else ["--n0", "20"]
-    return main([*COMMANDS[name], "--classifier", "small-cnn.mnist5k", "--dataset", "mnist5k:test", "--sigma", "0.25",
+    return main([*(command or COMMANDS[name]), "--classifier", "small-cnn.mnist5k", "--dataset", "mnist5k:test", "--sigma", "0.25",
                  *extra, "--n", "300", "--batch", "100", "--skip", "100", "--max", "400", "--out", str(out), "--quiet",
                  "--device", "cpu"])
 
@@ -42,3 +42,24 @@ def test_an_old_file_resumes_unchanged_and_a_cut_one_completes_in_its_columns(na
     time = header.split("\t").index("time")
     without_time = lambda line: line.split("\t")[:time] + line.split("\t")[time + 1:]  # noqa: E731
     assert [without_time(line) for line in after[1:]] == [without_time(line) for line in lines]
+
+
+def test_an_old_cohen_file_with_radii_it_never_read_still_resumes(tmp_path, capsys):
+    """The previous release recorded `--radii` in Cohen's mode, where nothing read it; today the flag is refused
+    there. Such a file resumes without it; a sequential file's radii are still compared."""
+    import json
+
+    out = tmp_path / "cohen.tsv"
+    for suffix in (".tsv", ".json"):
+        shutil.copy(OLD / f"cohen{suffix}", tmp_path / f"cohen{suffix}")
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    manifest["settings"]["options"] = {"radii": [0.5]}
+    out.with_suffix(".json").write_text(json.dumps(manifest))
+    before = out.read_text()
+    assert _run("cohen", out) == 0 and out.read_text() == before
+
+    seq = tmp_path / "sequential.tsv"
+    for suffix in (".tsv", ".json"):
+        shutil.copy(OLD / f"sequential{suffix}", tmp_path / f"sequential{suffix}")
+    assert _run("sequential", seq, ["certify", "--mode", "sequential", "--radii", "0.25,0.75"]) == 2
+    assert "was started with options=" in capsys.readouterr().err
