@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from .errors import ResumableStop
+from .errors import ResumableStop, out_of_memory
 from .launch import add_training_args, training_overrides
 from .registry import close_matches
 from .modes import get_mode, list_modes
@@ -335,6 +335,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResumableStop as exc:  # a remote API's budget or failure: say so, no traceback
         print(f"dsmooth {args.command}: stopped: {exc}", file=sys.stderr)
         return 3
+    except (MemoryError, RuntimeError) as exc:  # a batch (x votes) too large for the device: one line, resumable
+        if (reason := out_of_memory(exc)) is None:
+            raise
+        print(f"dsmooth {args.command}: out of memory ({reason}): each forward pass holds --batch noisy "
+              f"samples (x --votes runs); lower --batch or pass --batch auto; images already written are kept and "
+              f"the same command resumes", file=sys.stderr)
+        return 1
     return code or 0
 
 

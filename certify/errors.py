@@ -58,3 +58,28 @@ def why_unreadable(exc: BaseException, path: str | os.PathLike) -> str:
     reason = re.search(r"WeightsUnpickler error:\s*(\S.*?)(?:\n|$)", text, re.S)  # e.g. Unsupported operand 110
     return (f"{path} is not a weights file torch can read (damaged, cut short or another format?): "
             f"{reason.group(1)[:200] if reason else one_line(exc)}")
+
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """What ran out, in a few words, when ``exc`` says memory ran out (Python's MemoryError, torch's
+    OutOfMemoryError on a device, the CPU allocator's RuntimeError); None for any other error. A front end
+    answers it in one line instead of a traceback.
+
+    >>> out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+    ...                            "allocate memory: you tried to allocate 313600000000 bytes. Error code 12"))
+    'the CPU allocator could not find 313.6 GB'
+    >>> out_of_memory(RuntimeError("shape mismatch")) is None
+    True
+    """
+    text = str(exc)
+    asked = re.search(r"tried to allocate ([\d.]+) ?(bytes|[KMGT]iB)", text, re.IGNORECASE)
+    size = ""
+    if asked:
+        size = f"{int(asked[1]) / 1e9:.1f} GB" if asked[2] == "bytes" else f"{asked[1]} {asked[2]}"
+    if isinstance(exc, RuntimeError) and "can't allocate memory" in text:
+        return f"the CPU allocator could not find {size or 'the memory asked for'}"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or (
+            isinstance(exc, RuntimeError) and "out of memory" in text.lower()):
+        return f"the device could not find {size}" if size else one_line(exc)
+    return None

@@ -119,3 +119,44 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
                  "--device", "cuda", "--out", str(tmp_path / "r.tsv")])
     assert code == 2 and "torch sees no CUDA GPU" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("error, reason", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 313600000000 bytes. Error code 12 (Cannot allocate memory)"),
+     "the CPU allocator could not find 313.6 GB"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB"),
+     "the device could not find 2.00 GiB"),
+])
+def test_memory_running_out_mid_run_is_one_line_and_the_run_resumes(error, reason, tmp_path, capsys, monkeypatch):
+    from certify.smoothing import Smoothed
+
+    argv = ["certify", "--classifier", "small-cnn", "--dataset", "digits:test", "--sigma", "0.5", "--n0", "10",
+            "--n", "40", "--batch", "20", "--max", "4", "--out", str(tmp_path / "r.tsv"), "--quiet"]
+    sample_batch, calls = Smoothed.sample_batch, []
+
+    def runs_out_on_the_fifth_pass(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise error
+        return sample_batch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Smoothed, "sample_batch", runs_out_on_the_fifth_pass)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"out of memory ({reason})" in err and "lower --batch" in err, err
+    monkeypatch.setattr(Smoothed, "sample_batch", sample_batch)
+    assert main(argv) == 0  # the same command resumes and completes
+    assert len((tmp_path / "r.tsv").read_text().splitlines()) == 1 + 4
+
+
+def test_any_other_runtime_error_keeps_its_traceback(tmp_path, monkeypatch):
+    from certify.smoothing import Smoothed
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a bug, not a full memory")
+
+    monkeypatch.setattr(Smoothed, "sample_batch", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["certify", "--classifier", "small-cnn", "--dataset", "digits:test", "--sigma", "0.5", "--n", "10",
+              "--out", str(tmp_path / "r.tsv"), "--quiet"])
