@@ -338,9 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as exc:  # a batch (x votes) too large for the device: one line, resumable
         if (reason := out_of_memory(exc)) is None:
             raise
-        print(f"dsmooth {args.command}: out of memory ({reason}): each forward pass holds --batch noisy "
-              f"samples (x --votes runs); lower --batch or pass --batch auto; images already written are kept and "
-              f"the same command resumes", file=sys.stderr)
+        print(f"dsmooth {args.command}: out of memory ({reason}): each forward pass holds --batch noisy samples "
+              f"(x --votes runs); the images written are kept: the same command resumes once memory is free, a "
+              f"smaller --batch (or --batch auto, which probes what fits) needs a new --out", file=sys.stderr)
         return 1
     return code or 0
 

@@ -144,7 +144,7 @@ def test_memory_running_out_mid_run_is_one_line_and_the_run_resumes(error, reaso
     monkeypatch.setattr(Smoothed, "sample_batch", runs_out_on_the_fifth_pass)
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and f"out of memory ({reason})" in err and "lower --batch" in err, err
+    assert len(err.splitlines()) == 1 and f"out of memory ({reason})" in err and "smaller --batch" in err, err
     monkeypatch.setattr(Smoothed, "sample_batch", sample_batch)
     assert main(argv) == 0  # the same command resumes and completes
     assert len((tmp_path / "r.tsv").read_text().splitlines()) == 1 + 4
