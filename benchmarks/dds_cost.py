@@ -142,7 +142,8 @@ def main(argv=None) -> dict:
     p.add_argument("--sigma", type=float, default=0.5)
     p.add_argument("--einsum-attention", action="store_true",
                    help="guided-diffusion's own einsum attention instead of torch's fused scaled_dot_product_attention")
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS),
+                   help="Cohen-mode rates to measure, in this order (none: only the sequential row)")
     p.add_argument("--batch", default="auto", help="'auto' (largest that fits) or an int")
     p.add_argument("--max-batch", type=int, default=1024)
     p.add_argument("--samples", type=int, default=2000, help="samples per measurement")
@@ -156,26 +157,29 @@ def main(argv=None) -> dict:
     p.add_argument("--photos", type=int, default=20, help="photos in the sequential row (at most the recorded ones)")
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--sequential-n", type=int, default=10_000, help="the most samples a photo may use (sequential row)")
-    p.add_argument("--sequential-configs", nargs="+", default=["bf16"], choices=list(CONFIGS))
+    p.add_argument("--sequential-configs", nargs="*", default=["bf16"], choices=list(CONFIGS))
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/dds_cost.json"))
     args = p.parse_args(argv)
     args.classifier = args.classifier or ("timm:resnet18" if args.tiny else "timm:beit_large_patch16_512")
 
     device = torch.device(args.device)
     sequential = sequential_sample_counts(Path(args.sequential_json))
-    runs = [measure(args, device, c, sequential) for c in args.configs]
-    if args.rates != "none":
-        rates = json.loads(Path(args.rates).read_text())["sigmas"][args.rates_sigma][:args.photos]
-        runs += [measure_sequential(args, device, c, rates) for c in args.sequential_configs]
     result = {
         "benchmark": "dds_cost", "denoiser": "adm tiny 64 px" if args.tiny else "adm preset=imagenet256-uncond",
         "attention": "einsum" if args.einsum_attention else "fused (scaled_dot_product_attention)",
         "classifier": f"{args.classifier} (random init)", "sigma": args.sigma, "n0": args.n0, "n": args.n,
         "published": {"seconds_per_image_cohen": 469, "hardware": "one A100, fp32 (Carlini et al. 2023)"},
         "sequential_sample_counts": {"source": args.sequential_json, "mean_samples": sequential},
-        "runs": runs, "machine": machine_info(device),
+        "runs": [], "machine": machine_info(device),
     }
-    write_json(args.out, result, echo=True)
+    rates = [] if args.rates == "none" else json.loads(Path(args.rates).read_text())["sigmas"][args.rates_sigma][:args.photos]
+    measurements = [lambda c=c: measure(args, device, c, sequential) for c in args.configs]
+    measurements += [lambda c=c: measure_sequential(args, device, c, rates) for c in args.sequential_configs if rates]
+    for run in measurements:  # the JSON after each: a run cut short by a time limit keeps what it measured
+        result["runs"].append(run())
+        write_json(args.out, result, echo=run is measurements[-1])
+    if not measurements:
+        write_json(args.out, result, echo=True)
     return result
 
 

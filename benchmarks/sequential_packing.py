@@ -84,8 +84,8 @@ def _pipelines(args) -> list[tuple[str, Smoothed, list, list]]:
         photos = create_dataset("foolbox:imagenet", size=224)
         for sigma in (0.12, 0.25):
             g = Smoothed(create_classifier("efficientnet-lite0"), sigma=sigma).to(args.device)
-            out.append((f"imagenet effnet-lite0 sigma={sigma}", g, [photos[i][0] for i in range(len(photos))],
-                        list(range(len(photos)))))
+            kept = range(min(args.imagenet_photos, len(photos)))
+            out.append((f"imagenet effnet-lite0 sigma={sigma}", g, [photos[i][0] for i in kept], list(kept)))
     return out
 
 
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--mixture", default="one-sided")
     p.add_argument("--imagenet", action="store_true", help="also the ImageNet example (n = --imagenet-n)")
     p.add_argument("--imagenet-n", type=int, default=10_000)
+    p.add_argument("--imagenet-photos", type=int, default=20, help="the first this many of foolbox's 20 photos")
     p.add_argument("--cohen-images", type=int, default=0,
                    help="also Cohen mode on the first K images of each pipeline (its samples/s, the reference)")
     p.add_argument("--device", default="cpu")

@@ -99,6 +99,21 @@ def test_dds_cost_smoke(tmp_path):
     assert set(result["sequential_sample_counts"]["mean_samples"]) == {"0.25", "0.5"}  # the shipped MNIST JSON
 
 
+def test_dds_cost_keeps_what_it_measured_when_cut_short(tmp_path, monkeypatch):
+    """gpu_check.sh runs each step under a time limit: the JSON holds every measurement finished before a cut."""
+    pytest.importorskip("guided_diffusion")
+    dds, out = _load("dds_cost"), tmp_path / "d.json"
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt  # what a limit's signal ends
+
+    monkeypatch.setattr(dds, "measure_sequential", cut)
+    with pytest.raises(KeyboardInterrupt):
+        dds.main(["--tiny", "--samples", "4", "--batch", "4", "--configs", "fp32", "--sequential-configs", "fp32",
+                  "--photos", "1", "--out", str(out)])
+    assert [r["config"] for r in json.loads(out.read_text())["runs"]] == ["fp32"]
+
+
 def test_two_class_gain_compares_the_same_samples(tmp_path):
     from certify.settings import RunSettings
     from certify.pipeline import certify_dataset
