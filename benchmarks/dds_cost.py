@@ -173,13 +173,16 @@ def main(argv=None) -> dict:
         "runs": [], "machine": machine_info(device),
     }
     rates = [] if args.rates == "none" else json.loads(Path(args.rates).read_text())["sigmas"][args.rates_sigma][:args.photos]
-    measurements = [lambda c=c: measure(args, device, c, sequential) for c in args.configs]
-    measurements += [lambda c=c: measure_sequential(args, device, c, rates) for c in args.sequential_configs if rates]
-    for run in measurements:  # the JSON after each: a run cut short by a time limit keeps what it measured
-        result["runs"].append(run())
-        write_json(args.out, result, echo=run is measurements[-1])
-    if not measurements:
-        write_json(args.out, result, echo=True)
+
+    def keep(run: dict) -> None:  # the JSON after each: a run cut short by a time limit keeps what it measured
+        result["runs"].append(run)
+        write_json(args.out, result)
+
+    for config in args.configs:
+        keep(measure(args, device, config, sequential))
+    for config in args.sequential_configs if rates else ():
+        keep(measure_sequential(args, device, config, rates))
+    write_json(args.out, result, echo=True)
     return result
 
 

@@ -60,7 +60,6 @@ def why_unreadable(exc: BaseException, path: str | os.PathLike) -> str:
             f"{reason.group(1)[:200] if reason else one_line(exc)}")
 
 
-
 def out_of_memory(exc: BaseException) -> str | None:
     """What ran out, in a few words, when ``exc`` says memory ran out (Python's MemoryError, torch's
     OutOfMemoryError on a device, the CPU allocator's RuntimeError); None for any other error. A front end

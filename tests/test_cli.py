@@ -120,7 +120,6 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     assert code == 2 and "torch sees no CUDA GPU" in capsys.readouterr().err
 
 
-
 @pytest.mark.parametrize("error, reason", [
     (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
                   "tried to allocate 313600000000 bytes. Error code 12 (Cannot allocate memory)"),
