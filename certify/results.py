@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -49,8 +50,11 @@ def manifest_path(out: Path) -> Path:
 
 
 def shard_paths(out: Path) -> list[Path]:
+    """The shards ``OUT.part-RANK`` of a multi-process run on ``out``, matched by name exactly (a glob would
+    read ``[``, ``*`` or ``?`` in the name as a pattern, and take another run's shards for this one's)."""
     out = Path(out)
-    return sorted(p for p in out.parent.glob(out.name + ".part-*") if not p.name.endswith(".lock"))
+    shard = re.compile(re.escape(out.name) + r"\.part-\d+")
+    return sorted(p for p in out.parent.iterdir() if shard.fullmatch(p.name)) if out.parent.is_dir() else []
 
 
 def refuse_links(*paths: Path, option: str = "--out") -> None:

@@ -198,3 +198,17 @@ def test_a_resume_on_a_dataset_that_changed_certifies_the_moved_images_again(tmp
     assert "image 1 was '5/c.png' when certified" in caplog.text
     rows = [line.split("\t") for line in out.read_text().splitlines()[1:]]
     assert sorted((int(r[0]), r[-1]) for r in rows) == [(0, "5/a.png"), (1, "5/b.png"), (2, "5/c.png"), (3, "7/e.png")]
+
+
+@pytest.mark.parametrize("name", ["run[1].tsv", "run*.tsv", "run?.tsv"])
+def test_a_name_with_glob_characters_takes_only_its_own_shards(tmp_path, name):
+    """`run[1].tsv`'s shards are `run[1].tsv.part-N`, never `run1.tsv.part-N`: a glob on the name once merged
+    another run's shard into this file (its lines winning) and deleted it."""
+    g, data, s = toy_run()
+    out = run_certification(g, data, s, tmp_path / name, quiet=True)
+    before = out.read_text()
+    foreign = tmp_path / "run1.tsv.part-000"
+    foreign.write_text(before.replace("\t0.0\t", "\t9.9\t"))  # another run's shard, whose lines would win
+    assert foreign.read_text() != before
+    run_certification(g, data, s, out, quiet=True)
+    assert out.read_text() == before and foreign.exists()
