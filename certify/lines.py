@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from .stats import ABSTAIN, clopper_pearson_lower, max_radius, two_class_radius
+from .stats import ABSTAIN, clopper_pearson_lower, clopper_pearson_upper, max_radius, two_class_radius
 
 Row = Mapping[str, str]
 _TOL = 1e-9
@@ -79,10 +79,17 @@ def check_reachable(row: Row, s: Mapping[str, Any]) -> str | None:
 
 
 def two_class_radius_of(row: Row, s: Mapping[str, Any]) -> tuple[str | None, float, bool]:
-    """(problem, radius, abstain) of Theorem 1 from the recorded pA_lower and pB_upper."""
-    pA, pB = float(row["pA_lower"]), float(row["pB_upper"])
+    """(problem, radius, abstain) of Theorem 1 from the recorded pA_lower and pB_upper. pB_upper is at most
+    1 - pA_lower, and at least what a runner-up never seen in n draws gets: that path has probability
+    (1 - p)^n, so an upper bound valid at level beta <= alpha / 2 (the two-class split) reaches every p with
+    (1 - p)^n > beta, and pB_upper >= min(1 - pA_lower, 1 - (alpha / 2)^(1/n)) whatever the number of classes."""
+    pA, pB, n = float(row["pA_lower"]), float(row["pB_upper"]), int(row["n"])
     if pB > 1.0 - pA + _TOL:
         return f"pB_upper {pB!r} exceeds 1 - pA_lower", 0.0, True
+    floor = min(1.0 - pA, clopper_pearson_upper(0, n, s["alpha"] / 2) if n else 1.0)
+    if pB < floor - _TOL:
+        return (f"pB_upper {pB!r} is below what n = {n} draws can bound at alpha = {s['alpha']} "
+                f"(at least {floor:.6g})"), 0.0, True
     return None, two_class_radius(s["sigma"], pA, pB), pA <= pB
 
 

@@ -12,6 +12,7 @@ import torch
 from certify.analysis import analyze
 from certify.modes import check_line
 from certify.settings import RunSettings
+from certify.stats import max_radius, two_class_radius
 from certify.runs import run_certification
 from fixtures import toy_pipeline
 
@@ -123,3 +124,19 @@ def test_cohens_own_files_are_checked_for_what_they_say_about_themselves(tmp_pat
     f.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.5\t1\t0:00:01.1\n1\t2\t5\t0.4\t1\t0:00:01.2\n")
     with pytest.raises(ValueError, match="line 3: correct = 1 does not follow from predict 5 and label 2"):
         analyze([f], tmp_path / "rep")
+
+
+@pytest.mark.parametrize("name", ["certify-two-class", "anytime-two-class"])
+def test_a_two_class_line_may_not_claim_a_runner_up_bound_below_what_n_draws_give(name, tmp_path):
+    """The hostile user's line: pB_upper 1e-30 and the radius Theorem 1 gives from it, consistent with itself
+    but beyond any bound n draws give (pB_upper >= 1 - (alpha/2)^(1/n)); resume and analyze once kept it."""
+    s, _, reference = _certified(tmp_path, **MODES[name])
+    record = json.loads(reference.with_suffix(".json").read_text())["settings"]
+    i, row = next((i, r) for i, r in enumerate(_rows(reference)) if r["predict"] != "-1")
+    forged = {"pB_upper": "1e-30", "radius": repr(two_class_radius(s.sigma, float(row["pA_lower"]), 1e-30))}
+    assert check_line(row, record) is None and float(forged["radius"]) > max_radius(s.sigma, int(row["n"]), s.alpha)
+    why = "pB_upper 1e-30 is below what n = " if name.startswith("certify") else "is beyond what n = "
+    assert why in check_line({**row, **forged}, record)  # (the anytime mode's radius check comes first)
+    _forge(reference, {i: forged})
+    with pytest.raises(ValueError, match=rf"ref.tsv line {i + 2}: .*{why}"):
+        analyze([reference], tmp_path / "rep")
