@@ -117,10 +117,11 @@ class Smoothed(nn.Module):
             return self.classifier(noisy), bad
         images = (self.denoiser(noisy, self.sigma) if chain_noise is None
                   else self.denoiser(noisy, self.sigma, chain_noise))
-        if images.shape != noisy.shape:
-            raise PluginOutputError(f"the denoiser of {self.describe()} returned shape {tuple(images.shape)} for "
-                                    f"noisy images of shape {tuple(noisy.shape)}; a denoiser returns images of the "
-                                    f"same shape as its input")
+        if not isinstance(images, torch.Tensor) or images.shape != noisy.shape or not images.is_floating_point():
+            got = (f"a {type(images).__name__}" if not isinstance(images, torch.Tensor)
+                   else f"{images.dtype} images of shape {tuple(images.shape)}")
+            raise PluginOutputError(f"the denoiser of {self.describe()} returned {got} for noisy images of shape "
+                                    f"{tuple(noisy.shape)}; a denoiser returns a float tensor of its input's shape")
         bounds = getattr(self.denoiser, "output_range", (0.0, 1.0))
         if bounds is not None:
             lo, hi = torch.aminmax(images.detach())
@@ -187,15 +188,21 @@ class Smoothed(nn.Module):
         return self.generator(seed, index, "vote") if self.vote.numbers(shape) else None
 
     def check_output_shape(self, out: torch.Tensor, batch: int) -> None:
-        """Logits must be (batch, num_classes) and hard labels (batch,) integers: a network with more columns than
-        classes would have its extra classes counted as others, so a mismatch is refused, never folded."""
+        """Logits must be a (batch, num_classes) tensor and hard labels (batch,) integers (not bool, which would pass
+        for classes 0 and 1): a network with more columns than classes would have its extra classes counted as
+        others, so a mismatch is refused, never folded."""
         K = self.num_classes  # noqa: N806
-        if out.ndim == 2 and tuple(out.shape) == (batch, K):
+        if not isinstance(out, torch.Tensor):
+            what = f"a {type(out).__name__}, not a tensor,"
+        elif out.dtype == torch.bool or out.is_complex():
+            what = f"{out.dtype} outputs of shape {tuple(out.shape)}"
+        elif out.ndim == 2 and tuple(out.shape) == (batch, K):
             return
-        if out.ndim == 1 and len(out) == batch and not out.is_floating_point() and not out.is_complex():
+        elif out.ndim == 1 and len(out) == batch and not out.is_floating_point():
             return
-        what = (f"a float vector of shape {tuple(out.shape)} (hard labels must be integer class ids)" if out.ndim == 1
-                else f"outputs of shape {tuple(out.shape)}")
+        else:
+            what = (f"a float vector of shape {tuple(out.shape)} (hard labels must be integer class ids)"
+                    if out.ndim == 1 else f"outputs of shape {tuple(out.shape)}")
         raise PluginOutputError(f"the pipeline {self.describe()} returned {what} for a batch of {batch}; expected logits "
                                 f"({batch}, {K}) for num_classes={K}, or integer labels ({batch},). Pass the "
                                 f"classifier's true num_classes or fix the plugin")

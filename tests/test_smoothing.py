@@ -189,7 +189,12 @@ def test_extra_logit_columns_are_refused_not_folded_into_the_last_class():
     lambda x: torch.zeros(len(x) + 1, 2),                   # one row too many
     lambda x: torch.full((len(x),), 0.7),                   # a float vector is no hard label
     lambda x: torch.zeros(len(x), 1),                       # fewer columns than classes
-], ids=["3d", "rows", "float-labels", "fewer-columns"])
+    lambda x: (torch.zeros(len(x), 2),),                    # a tuple (a model's (logits, aux))
+    lambda x: torch.zeros(len(x), 2).numpy(),               # an array of the right shape
+    lambda x: torch.ones(len(x), dtype=torch.bool),         # bool labels would pass for class 1
+    lambda x: torch.zeros(len(x), 2, dtype=torch.bool),     # bool logits
+    lambda x: torch.zeros(len(x), 2, dtype=torch.complex64),  # complex logits
+], ids=["3d", "rows", "float-labels", "fewer-columns", "tuple", "numpy", "bool-labels", "bool-logits", "complex"])
 def test_outputs_of_the_wrong_shape_are_refused(out):
     class Wrong(nn.Module):
         def forward(self, x):
@@ -225,13 +230,19 @@ def test_a_broken_denoiser_in_front_of_a_remote_api_is_refused_in_every_mode(val
     _refused_in_every_mode(g, torch.full((3, 4, 4), 0.8), NonFiniteOutput, "outside")
 
 
-def test_a_denoiser_of_the_wrong_shape_is_refused():
-    class Shrinks(nn.Module):
+@pytest.mark.parametrize("out, got", [
+    (lambda noisy: noisy[..., :2, :2].clamp(0, 1), r"torch.float32 images of shape \(10, 1, 2, 2\)"),
+    (lambda noisy: [noisy.clamp(0, 1)], "a list"),
+    (lambda noisy: noisy.clamp(0, 1).numpy(), "a ndarray"),
+    (lambda noisy: noisy > 0.5, r"torch.bool images of shape \(10, 1, 4, 4\)"),
+], ids=["shrinks", "list", "numpy", "bool"])
+def test_a_denoiser_of_the_wrong_shape_or_type_is_refused(out, got):
+    class Wrong(nn.Module):
         def forward(self, noisy, sigma):
-            return noisy[..., :2, :2].clamp(0, 1)
+            return out(noisy)
 
-    g = Smoothed(nn.Sequential(nn.Flatten(), nn.LazyLinear(2)), Shrinks(), sigma=0.25, num_classes=2)
-    with pytest.raises(PluginOutputError, match=r"denoiser.*shape \(10, 1, 2, 2\).*\(10, 1, 4, 4\)"):
+    g = Smoothed(nn.Sequential(nn.Flatten(), nn.LazyLinear(2)), Wrong(), sigma=0.25, num_classes=2)
+    with pytest.raises(PluginOutputError, match=rf"denoiser.* returned {got} for noisy images of shape \(10, 1, 4, 4\)"):
         g.certify(X16, n0=10, n=20, alpha=0.01, batch_size=10)
 
 
