@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .modes import Mode, check_line
+from .checkpoint import weights_digest
 from .redact import redact
 from .results import (OutputLock, escape_cell, file_columns, format_rows, manifest_path, open_append, read_manifest,
                       read_results, refuse_links, repair, shard_paths, write_atomic, write_manifest)
@@ -38,8 +39,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _check_resume(out: Path, settings: RunSettings) -> dict[str, Any] | None:
-    """Refuse to mix results of different settings in one file; returns the existing manifest."""
+def _check_resume(out: Path, settings: RunSettings, weights: dict[str, str]) -> dict[str, Any] | None:
+    """Refuse to mix results of different settings, or of other weights under the same names (a checkpoint
+    folder or the shipped files replaced in between), in one file; returns the existing manifest. A file
+    from before the weights were recorded resumes."""
     manifest = read_manifest(out)
     if manifest is None:
         if out.exists() or shard_paths(out):
@@ -52,7 +55,20 @@ def _check_resume(out: Path, settings: RunSettings) -> dict[str, Any] | None:
                 f"{out} was started with {key}={old.get(key)!r}, this run has {key}={new.get(key)!r}; "
                 f"use another --out or the same settings to resume"
             )
+    recorded = manifest.get("weights")
+    for part in sorted(set(recorded or {}) | set(weights)) if isinstance(recorded, dict) else ():
+        if recorded.get(part) != weights.get(part):
+            raise ValueError(
+                f"{out} was started with other {part} weights than this run's {redact(settings.record()).get(part)!r} "
+                f"has now (digest {recorded.get(part)}, now {weights.get(part)}): its files changed in between; "
+                f"use another --out, or the weights it was started with to resume")
     return manifest
+
+
+def weights_record(smoothed: Smoothed) -> dict[str, str]:
+    """The digest of each network's weights (`certify.checkpoint.weights_digest`), as the manifest records them."""
+    parts = {"classifier": smoothed.classifier, "denoiser": smoothed.denoiser}
+    return {part: weights_digest(module) for part, module in parts.items() if module is not None}
 
 
 def _owned(recorded: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +242,8 @@ def _items(smoothed: Smoothed, dataset, settings: RunSettings, indices: Sequence
 def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, mode: Mode, out: Path, indices: list[int],
                 quiet: bool, rank: int, world_size: int, barrier: Callable[[], None],
                 extra_manifest: dict[str, Any] | None) -> Path:
-    previous = _check_resume(out, settings)
+    weights = weights_record(smoothed)
+    previous = _check_resume(out, settings, weights)
     columns = _resumed_columns(out, settings.columns)
     check = _line_check(settings, dataset, columns)
     existed = out.exists() or previous is not None
@@ -237,7 +254,8 @@ def _run_locked(smoothed: Smoothed, dataset, settings: RunSettings, mode: Mode, 
         manifest = {
             "settings": redact(settings.record()), "columns": list(columns), "versions": package_versions(),
             "command": redact(" ".join(sys.argv)), "world_size": world_size, "start_time": _now(),
-            "end_time": None, "cost_per_sample": smoothed.vote.cost(), **redact(extra_manifest or {}),
+            "end_time": None, "cost_per_sample": smoothed.vote.cost(), "weights": weights,
+            **redact(extra_manifest or {}),
         }
         if previous is not None:
             manifest["start_time"] = previous.get("start_time", manifest["start_time"])

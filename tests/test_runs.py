@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -212,3 +213,25 @@ def test_a_name_with_glob_characters_takes_only_its_own_shards(tmp_path, name):
     assert table_without_time(foreign) != table_without_time(out)
     run_certification(g, data, s, out, quiet=True)
     assert out.read_text() == before and foreign.exists()
+
+
+def test_a_resume_refuses_weights_replaced_under_the_same_name(cnn_dir, tmp_path, capsys):
+    """The same --classifier small-cnn:DIR, its model.safetensors replaced between the kill and the resume: the
+    resumed lines would come from another network under one manifest. A file whose manifest predates the
+    recorded weights still resumes."""
+    from safetensors.torch import load_file, save_file
+
+    folder, out = tmp_path / "cnn", tmp_path / "r.tsv"
+    shutil.copytree(cnn_dir, folder)
+    assert main(digits_args(folder, out)) == 0
+    out.write_text("".join(out.read_text().splitlines(keepends=True)[:4]))  # as a kill after three images leaves it
+    before, manifest = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert set(manifest["weights"]) == {"classifier", "denoiser"}
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v * 1.01 for k, v in weights.items()}, folder / "model.safetensors")
+    assert main(digits_args(folder, out)) == 2
+    assert "was started with other classifier weights than this run's" in capsys.readouterr().err
+    assert out.read_text() == before
+    manifest.pop("weights")  # as an older release wrote it
+    out.with_suffix(".json").write_text(json.dumps(manifest))
+    assert main(digits_args(folder, out)) == 0 and len(out.read_text().splitlines()) == 21
