@@ -359,10 +359,10 @@ class ConfigCheckpoint:
                             described_by=f"config.json in {directory}").eval()
 
 
-def weights_digest(module: torch.nn.Module) -> str:
+def weights_digest(module: torch.nn.Module) -> str | None:
     """A digest of a network's state (every parameter and buffer it saves: names, dtypes, shapes, bytes), so that
-    a resumed run can tell that its weight files were replaced in between. A lazy parameter not yet built
-    counts by its name only.
+    a resumed run can tell that its weight files were replaced in between; None while a lazy parameter is not
+    built yet (the weights are not known).
 
     >>> from torch import nn
     >>> weights_digest(nn.Linear(2, 2)) == weights_digest(nn.Linear(2, 2))   # two random initialisations
@@ -373,8 +373,8 @@ def weights_digest(module: torch.nn.Module) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for name, tensor in module.state_dict(keep_vars=True).items():
         digest.update(name.encode())
-        if isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin) or tensor.is_meta:
-            continue
+        if isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin):
+            return None
         tensor = tensor.detach()
         digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())

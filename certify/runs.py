@@ -42,7 +42,7 @@ def _now() -> str:
 def _check_resume(out: Path, settings: RunSettings, weights: dict[str, str]) -> dict[str, Any] | None:
     """Refuse to mix results of different settings, or of other weights under the same names (a checkpoint
     folder or the shipped files replaced in between), in one file; returns the existing manifest. A file
-    from before the weights were recorded resumes."""
+    from before the weights were recorded resumes, as does a network whose lazy weights were not built yet."""
     manifest = read_manifest(out)
     if manifest is None:
         if out.exists() or shard_paths(out):
@@ -56,7 +56,7 @@ def _check_resume(out: Path, settings: RunSettings, weights: dict[str, str]) -> 
                 f"use another --out or the same settings to resume"
             )
     recorded = manifest.get("weights")
-    for part in sorted(set(recorded or {}) | set(weights)) if isinstance(recorded, dict) else ():
+    for part in sorted(set(recorded) & set(weights)) if isinstance(recorded, dict) else ():
         if recorded.get(part) != weights.get(part):
             raise ValueError(
                 f"{out} was started with other {part} weights than this run's {redact(settings.record()).get(part)!r} "
@@ -68,7 +68,8 @@ def _check_resume(out: Path, settings: RunSettings, weights: dict[str, str]) -> 
 def weights_record(smoothed: Smoothed) -> dict[str, str]:
     """The digest of each network's weights (`certify.checkpoint.weights_digest`), as the manifest records them."""
     parts = {"classifier": smoothed.classifier, "denoiser": smoothed.denoiser}
-    return {part: weights_digest(module) for part, module in parts.items() if module is not None}
+    digests = {part: weights_digest(module) for part, module in parts.items() if module is not None}
+    return {part: digest for part, digest in digests.items() if digest is not None}
 
 
 def _owned(recorded: dict[str, Any]) -> dict[str, Any]:
