@@ -127,10 +127,12 @@ def test_device_cuda_without_a_gpu_is_one_line(tmp_path, capsys):
     (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB"),
      "the device could not find 2.00 GiB"),
 ])
-def test_memory_running_out_mid_run_is_one_line_and_the_run_resumes(error, reason, tmp_path, capsys, monkeypatch):
+def test_memory_running_out_mid_run_is_one_line_and_the_run_resumes(error, reason, cnn_dir, tmp_path, capsys,
+                                                                    monkeypatch):
     from certify.smoothing import Smoothed
 
-    argv = ["certify", "--classifier", "small-cnn", "--dataset", "digits:test", "--sigma", "0.5", "--n0", "10",
+    # saved weights: a fresh small-cnn is another random network each time, whose resume is refused
+    argv = ["certify", "--classifier", f"small-cnn:{cnn_dir}", "--dataset", "digits:test", "--sigma", "0.5", "--n0", "10",
             "--n", "40", "--batch", "20", "--max", "4", "--out", str(tmp_path / "r.tsv"), "--quiet"]
     sample_batch, calls = Smoothed.sample_batch, []
 
