@@ -102,6 +102,10 @@ class TrainedDenoiser(ConfigCheckpoint, nn.Module):
         ...     TrainedDenoiser.from_pretrained(d).sigma
         0.5
         """
+        if isinstance(architecture, str) and architecture not in ARCHITECTURES:
+            from denoisers import list_denoisers
+
+            list_denoisers()  # the architectures register as their plugin modules are imported (a resume may come first)
         if not isinstance(architecture, str) or architecture not in ARCHITECTURES:
             raise ValueError(f"{directory} holds architecture {architecture!r}; expected one of {sorted(ARCHITECTURES)}")
         target = ARCHITECTURES[architecture]
