@@ -263,6 +263,23 @@ def load_training_state(directory: Path) -> dict[str, Any] | None:
     return load_weights_only(path)
 
 
+def start_state(directory: Path, resume: bool) -> dict[str, Any] | None:
+    """The state a trainer goes on from. With ``resume``: the last finished epoch's, or None (a warning, then
+    a fresh start) when there is none. Without it: None, and a folder that already holds a run is refused,
+    never overwritten (its weights, state and log would give way to a new run's first epoch)."""
+    directory = Path(directory)
+    if resume:
+        state = load_training_state(directory)
+        if state is None:
+            log.warning("%s holds no finished epoch to resume from; starting from scratch", directory)
+        return state
+    held = [name for name in (STATE_NAME, LOG_NAME) if (directory / name).is_file()]
+    if held:
+        raise ValueError(f"{directory} already holds a training run ({', '.join(held)}); pass --resume to go on "
+                         f"from it, or choose another output_dir (--output-dir)")
+    return None
+
+
 def append_log(directory: Path, record: Mapping[str, Any]) -> None:
     """One JSON line per epoch in ``log.jsonl``."""
     with open(Path(directory) / LOG_NAME, "a") as f:

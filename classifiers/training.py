@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certify.registry import entry_spec
-from certify.training import (COMMON_DEFAULTS, export_bundle, load_training_config, load_training_state,
+from certify.training import (COMMON_DEFAULTS, export_bundle, load_training_config, start_state,
                               make_accelerator, make_loaders, make_optimizer, run_epochs)
 
 from . import CLASSIFIERS
@@ -62,7 +62,7 @@ def train_classifier_from_config(path: str, resume: bool = False, overrides: Map
         raise ValueError(f"{path}: 'classifier' is required (e.g. small-cnn)")
     accelerator = make_accelerator(cfg)
     out = Path(cfg["output_dir"])
-    state = load_training_state(out) if resume else None
+    state = start_state(out, resume)
     model = (CLASSIFIERS.create(f"{entry_spec(cfg['classifier'])}:{out}") if state is not None
              else CLASSIFIERS.create_entry(cfg["classifier"]))
     if not hasattr(model, "save_pretrained"):

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from certify.training import (COMMON_DEFAULTS, export_bundle, load_training_config, load_training_state,
+from certify.training import (COMMON_DEFAULTS, export_bundle, load_training_config, start_state,
                               make_accelerator, make_loaders, make_optimizer, run_epochs)
 
 from .ddpm import DDPMDenoiser, timestep_for_sigma
@@ -106,9 +106,7 @@ def train_ddpm_from_config(path: str, resume: bool = False, overrides: Mapping[s
     t_lo, t_hi = training_timestep_range(cfg["scheduler"], cfg["timestep_sigma_range"])
     accelerator = make_accelerator(cfg)
     out = Path(cfg["output_dir"])
-    state = load_training_state(out) if resume else None
-    if resume and state is None:
-        log.info("no finished epoch in %s; starting from scratch", out)
+    state = start_state(out, resume)
     if state is not None:
         unet = UNet2DModel.from_pretrained(out / "unet", torch_dtype=torch.float32)
     log.info("UNet2DModel with %d parameters; timesteps [%d, %d] (focus %.2f) of %d",

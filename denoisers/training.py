@@ -28,7 +28,7 @@ from torch import nn
 from certify.checkpoint import load_config
 from certify.registry import entry_spec
 from certify.rules import check_sigma
-from certify.training import (COMMON_DEFAULTS, export_bundle, freeze, load_training_config, load_training_state,
+from certify.training import (COMMON_DEFAULTS, export_bundle, freeze, load_training_config, start_state,
                               make_accelerator, make_loaders, make_optimizer, run_epochs)
 from classifiers import CLASSIFIERS
 
@@ -146,9 +146,7 @@ def train_from_config(path: str, resume: bool = False, overrides: dict[str, Any]
 
     accelerator = make_accelerator(cfg)
     out = Path(cfg["output_dir"])
-    state = load_training_state(out) if resume else None
-    if resume and state is None:
-        log.info("no finished epoch in %s; starting from scratch", out)
+    state = start_state(out, resume)
     denoiser = _build_denoiser(cfg, out, resuming=state is not None)
     denoiser.provenance.update(
         sigma=sigma, objective=objective.name, dataset=cfg["train_dataset"],

@@ -80,9 +80,29 @@ def test_resume_continues_epochs_and_optimizer_state(tmp_path):
     assert create_denoiser(f"dncnn:{out}").provenance["training"]["epochs_done"] == 3
 
 
-def test_resume_without_a_finished_epoch_starts_fresh(tmp_path):
+def test_resume_without_a_finished_epoch_starts_fresh_and_says_so(tmp_path, caplog):
     out = train_from_config(write_yaml(tmp_path / "c.yaml", tiny(tmp_path, max_steps=2)), resume=True)
     assert load_training_state(out)["steps"] == 2
+    assert "holds no finished epoch to resume from; starting from scratch" in caplog.text  # a warning: seen
+
+
+def test_a_second_run_into_a_finished_run_folder_is_refused_not_overwritten(tmp_path):
+    config = write_yaml(tmp_path / "c.yaml", tiny(tmp_path, max_steps=2))
+    out = train_from_config(config)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ValueError, match=r"run already holds a training run \(training_state.pt, log.jsonl\); "
+                                         r"pass --resume"):
+        train_from_config(config)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_trained_denoiser_loads_by_its_architecture_in_a_fresh_process(tmp_path):
+    """`train-denoiser --resume` once failed with "expected one of []": the run folder was read before any
+    architecture's module had registered it."""
+    create_denoiser("dncnn", in_channels=1, depth=3, features=4, sigma=0.5).save_pretrained(tmp_path / "d")
+    code = f"from denoisers.trained import TrainedDenoiser; print(TrainedDenoiser.from_pretrained({str(tmp_path / 'd')!r}).sigma)"
+    proc = subprocess.run([sys.executable, "-c", code], env=launch_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "0.5", proc.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
