@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from .errors import ResumableStop, out_of_memory
+from .errors import ResumableStop, file_problem, out_of_memory
 from .launch import add_training_args, training_overrides
 from .registry import close_matches
 from .modes import get_mode, list_modes
@@ -331,6 +331,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except ValueError as exc:
         print(f"dsmooth {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was finished is on disk
+        again = "the same command with --resume" if args.command == "train-denoiser" else "the same command"
+        print(f"dsmooth {args.command}: interrupted; what was finished is kept ({again} goes on from it)",
+              file=sys.stderr)
+        return 130
+    except OSError as exc:  # the file system's refusal (a read-only or full disk, a file in a folder's place)
+        if args.verbose or exc.errno is None:
+            raise
+        print(f"dsmooth {args.command}: error: {file_problem(exc)}", file=sys.stderr)
         return 2
     except ResumableStop as exc:  # a remote API's budget or failure: say so, no traceback
         print(f"dsmooth {args.command}: stopped: {exc}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 
@@ -82,3 +83,18 @@ def out_of_memory(exc: BaseException) -> str | None:
             isinstance(exc, RuntimeError) and "out of memory" in text.lower()):
         return f"the device could not find {size}" if size else one_line(exc)
     return None
+
+
+def file_problem(exc: OSError) -> str:
+    """What the file system refused, in one line a user can act on (a folder where a file is, a read-only or
+    full disk, a missing permission).
+
+    >>> file_problem(FileExistsError(errno.EEXIST, "File exists", "reports/r.tsv"))
+    'reports/r.tsv is a file where a folder is needed (File exists)'
+    """
+    where = exc.filename if exc.filename is not None else "a file"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"{where} is a file where a folder is needed ({exc.strerror})"
+    if exc.errno == errno.ENOSPC:
+        return f"the disk is full (writing {where}); free some space and run the same command again"
+    return f"cannot use {where}: {exc.strerror or exc}"

@@ -5,8 +5,10 @@ without raw markup, --quiet silencing the libraries, listing (the CLI and Python
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +151,43 @@ def test_memory_running_out_mid_run_is_one_line_and_the_run_resumes(error, reaso
     monkeypatch.setattr(Smoothed, "sample_batch", sample_batch)
     assert main(argv) == 0  # the same command resumes and completes
     assert len((tmp_path / "r.tsv").read_text().splitlines()) == 1 + 4
+
+
+def _certified(tmp_path):
+    out = tmp_path / "r.tsv"
+    assert main(["certify", "--classifier", "small-cnn", "--dataset", "digits:test", "--sigma", "0.5", "--n0", "5",
+                 "--n", "20", "--max", "2", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_a_file_where_a_folder_belongs_or_a_read_only_disk_is_one_line(tmp_path, capsys, monkeypatch):
+    out = _certified(tmp_path)
+    capsys.readouterr()
+    assert main(["analyze", str(out), "--out", str(out)]) == 2  # the report folder named as the result file
+    assert capsys.readouterr().err == f"dsmooth analyze: error: {out} is a file where a folder is needed (File exists)\n"
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "rep"))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main(["analyze", str(out), "--out", str(tmp_path / "rep")]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"dsmooth analyze: error: cannot use {tmp_path / 'rep'}: "
+                                                    f"Read-only file system"]
+    with pytest.raises(OSError):  # --verbose keeps the traceback
+        main(["-v", "analyze", str(out), "--out", str(tmp_path / "rep")])
+
+
+def test_ctrl_c_is_one_line_saying_the_run_resumes(tmp_path, capsys, monkeypatch):
+    from certify.smoothing import Smoothed
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Smoothed, "sample_batch", interrupted)
+    assert main(["certify", "--classifier", "small-cnn", "--dataset", "digits:test", "--sigma", "0.5", "--n", "10",
+                 "--out", str(tmp_path / "r.tsv"), "--quiet"]) == 130
+    assert capsys.readouterr().err == ("dsmooth certify: interrupted; what was finished is kept (the same command "
+                                       "goes on from it)\n")
 
 
 def test_any_other_runtime_error_keeps_its_traceback(tmp_path, monkeypatch):
