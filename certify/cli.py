@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from .errors import ResumableStop, file_problem, out_of_memory
+from .errors import run_command
 from .launch import add_training_args, training_overrides
 from .registry import close_matches
 from .modes import get_mode, list_modes
@@ -324,35 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        code = COMMANDS[args.command](args)
-    except BrokenPipeError:  # `dsmooth list ... | head`: the reader left, nothing is wrong
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except ValueError as exc:
-        print(f"dsmooth {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # Ctrl-C: what was finished is on disk
-        again = "the same command with --resume" if args.command == "train-denoiser" else "the same command"
-        print(f"dsmooth {args.command}: interrupted; what was finished is kept ({again} goes on from it)",
-              file=sys.stderr)
-        return 130
-    except OSError as exc:  # the file system's refusal (a read-only or full disk, a file in a folder's place)
-        if args.verbose or exc.errno is None:
-            raise
-        print(f"dsmooth {args.command}: error: {file_problem(exc)}", file=sys.stderr)
-        return 2
-    except ResumableStop as exc:  # a remote API's budget or failure: say so, no traceback
-        print(f"dsmooth {args.command}: stopped: {exc}", file=sys.stderr)
-        return 3
-    except (MemoryError, RuntimeError) as exc:  # a batch (x votes) too large for the device: one line, resumable
-        if (reason := out_of_memory(exc)) is None:
-            raise
-        print(f"dsmooth {args.command}: out of memory ({reason}): each forward pass holds --batch noisy samples "
-              f"(x --votes runs); the images written are kept: the same command resumes once memory is free, a "
-              f"smaller --batch (or --batch auto, which probes what fits) needs a new --out", file=sys.stderr)
-        return 1
-    return code or 0
+    again = "the same command with --resume" if args.command == "train-denoiser" else "the same command"
+    return run_command(f"dsmooth {args.command}", lambda: COMMANDS[args.command](args), args.verbose, again)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
+from typing import Callable
 
 
 class ResumableStop(RuntimeError):
@@ -98,3 +100,42 @@ def file_problem(exc: OSError) -> str:
     if exc.errno == errno.ENOSPC:
         return f"the disk is full (writing {where}); free some space and run the same command again"
     return f"cannot use {where}: {exc.strerror or exc}"
+
+
+def run_command(name: str, call: Callable[[], int | None], verbose: bool = False,
+                again: str = "the same command") -> int:
+    """``call()``'s exit code, the errors a user can act on answered in one line prefixed by ``name``: bad input
+    and the file system's refusals 2, out of memory 1, an outside stop (a remote API) 3, Ctrl-C 130 (``again``
+    says what goes on from there). Everything else keeps its traceback (``verbose``: the file system's too).
+    The recipes answer the same way.
+
+    >>> run_command("demo", lambda: int("x"))   # says on stderr: demo: error: invalid literal for int() ...
+    2
+    """
+    try:
+        code = call()
+    except BrokenPipeError:  # `dsmooth list ... | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except ValueError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: what was finished is on disk
+        print(f"{name}: interrupted; what was finished is kept ({again} goes on from it)", file=sys.stderr)
+        return 130
+    except OSError as exc:  # the file system's refusal (a read-only or full disk, a file in a folder's place)
+        if verbose or exc.errno is None:
+            raise
+        print(f"{name}: error: {file_problem(exc)}", file=sys.stderr)
+        return 2
+    except ResumableStop as exc:  # a remote API's budget or failure: say so, no traceback
+        print(f"{name}: stopped: {exc}", file=sys.stderr)
+        return 3
+    except (MemoryError, RuntimeError) as exc:  # a batch (x votes) too large for the device: one line, resumable
+        if (reason := out_of_memory(exc)) is None:
+            raise
+        print(f"{name}: out of memory ({reason}): each forward pass holds --batch noisy samples "
+              f"(x --votes runs); the images written are kept: the same command resumes once memory is free, a "
+              f"smaller --batch (or --batch auto, which probes what fits) needs a new --out", file=sys.stderr)
+        return 1
+    return code or 0

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
+
+from .errors import run_command
 
 log = logging.getLogger(__name__)
 
@@ -94,4 +97,6 @@ def training_main(train, description: str) -> None:
     add_training_args(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    print(train(args.config, resume=args.resume, overrides=training_overrides(args)))
+    name = Path(sys.argv[0]).name
+    sys.exit(run_command(name, lambda: print(train(args.config, resume=args.resume, overrides=training_overrides(args))),
+                         again="the same command with --resume"))

@@ -4,13 +4,16 @@ batch); the recipe's example config is valid; the manifest records the versions 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
 from certify.cli import build_parser
 from certify.schema import FLAG, KEYWORDS
 from certify.settings import RunSettings, package_versions, schema
-from fixtures import ROOT, fake_distribution
+from fixtures import ROOT, fake_distribution, launch_env
 
 
 def test_every_setting_has_one_flag_and_one_config_key_and_help():
@@ -58,6 +61,19 @@ def test_certify_recipe_example_config_exists_and_parses():
         config.pop("out"), config.pop("device", None)
         RunSettings.from_dict(config)
 
+
+
+@pytest.mark.parametrize("config, message", [
+    ("sigma: abc\nout: r.tsv\n", "c.yaml: sigma must be a positive, finite number (noise std in [0,1] pixel units), "
+                                  "got 'abc'"),
+    ("sigma: 0.25\n", "c.yaml: the config needs out: the result file (a .tsv), got None"),
+], ids=["sigma", "no-out"])
+def test_the_certify_recipe_answers_a_mistaken_config_in_one_line(config, message, tmp_path):
+    (tmp_path / "c.yaml").write_text("classifier: small-cnn.mnist5k\ndataset: mnist5k:test\nn: 20\n" + config)
+    proc = subprocess.run([sys.executable, str(ROOT / "recipes" / "certify_dataset.py"), "--config", "c.yaml"],
+                          cwd=tmp_path, env=launch_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == f"certify_dataset.py: error: {message}\n", proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
 def test_manifest_records_plugin_distribution_versions(tmp_path, monkeypatch):

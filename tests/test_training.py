@@ -348,6 +348,19 @@ def test_cli_overrides_and_init_from_a_folder_in_a_fresh_process(tmp_path, capsy
                           env=launch_env(), cwd=tmp_path, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert create_denoiser(f"dncnn:{out}").sigma == 0.5 and not (tmp_path / "run").exists()
+    args = [*DSMOOTH, "train-denoiser", "--config", str(tmp_path / "c.yaml"), "--output-dir", str(out), "--epochs", "2"]
+    run = lambda *more: subprocess.run([*args, *more], capture_output=True, text=True, env=launch_env(),  # noqa: E731
+                                       cwd=tmp_path, timeout=180)
+    again = run("--max-steps", "1")  # the same folder without --resume: refused in one line, nothing replaced
+    assert again.returncode == 2 and again.stderr.splitlines()[-1].endswith("pass --resume to go on from it, or "
+                                                                            "choose another output_dir (--output-dir)")
+    resumed = run("--max-steps", "2", "--resume")  # in a fresh process (it once failed: "expected one of []")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert create_denoiser(f"dncnn:{out}").provenance["training"]["epochs_done"] == 2
+    recipe = subprocess.run([sys.executable, str(ROOT / "recipes" / "train_denoiser.py"), "--config", "nowhere.yaml"],
+                            capture_output=True, text=True, env=launch_env(), cwd=tmp_path, timeout=180)
+    assert recipe.returncode == 2 and recipe.stderr.startswith("train_denoiser.py: error: ") and \
+        len(recipe.stderr.splitlines()) == 1, recipe.stderr[-2000:]
     with pytest.raises(SystemExit):
         main(["train-denoiser", "--help"])
     help_text = capsys.readouterr().out
