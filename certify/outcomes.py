@@ -138,33 +138,30 @@ def load_result(path: str | os.PathLike, name: str | None = None) -> RunResult:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"result file {str(path)!r} does not exist")
-    rows = read_table(path)
+    header, rows = read_table(path)
     manifest = read_manifest(path) or {}
-    _check_lines(path, rows, manifest.get("settings"))
-    columns = set(rows[0]) if rows else set()
+    columns = set(header)
     mode = manifest.get("settings", {}).get("mode", "certify")
-    if rows and "radius" not in columns:
+    if "radius" not in columns and "label" in columns:
         mode = "attack" if "adv_predict" in columns else "predict"
     needed = {"idx", "label", "predict", "correct"} | ({"radius"} if mode not in ("predict", "attack") else set())
-    if rows and needed - columns:
+    if needed - columns:  # junk, an empty file or another table: never a report of nothing
         raise ValueError(f"{path} lacks the columns {sorted(needed - columns)}; expected a certify or predict TSV")
+    _check_lines(path, rows, manifest.get("settings"))
     try:
         idx = [int(r["idx"]) for r in rows]
         col = lambda key: np.array([float(r.get(key) or 0.0) for r in rows], dtype=float)
         times = np.array([_seconds(r.get("time") or "0") for r in rows], dtype=float)
-        label, predict = col("label").astype(int), col("predict").astype(int)
+        label, predict, correct = col("label").astype(int), col("predict").astype(int), col("correct").astype(int)
+        samples = col("n") + (col("n0") if "n0" in columns else 0.0) if "n" in columns else np.full(len(rows), np.nan)
+        radius = col("radius") if mode not in ("predict", "attack") else np.zeros(len(rows))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path} has a malformed line ({exc}); expected numbers in every column") from None
     repeated = sorted({i for i in idx if idx.count(i) > 1})
     if repeated:
         raise ValueError(f"{path} holds idx {repeated[:5]} more than once (two runs wrote into it?); "
                          f"certify again into a fresh --out")
-    correct = col("correct").astype(int) * (label >= 0) * (predict >= 0)
-    if "n" in columns:
-        samples = col("n") + (col("n0") if "n0" in columns else 0.0)
-    else:
-        samples = np.full(len(rows), np.nan)  # Cohen's files do not say
-    radius = col("radius") if mode not in ("predict", "attack") else np.zeros(len(rows))
+    correct = correct * (label >= 0) * (predict >= 0)  # Cohen's files do not say n: samples NaN
     eps, adversarial = (), None
     if mode == "attack":
         eps, adversarial = _attack_columns(path, rows, manifest)

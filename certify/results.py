@@ -238,11 +238,17 @@ def read_results(path: Path, columns: Sequence[str], allowed: Iterable[int] | No
     return rows, problems
 
 
-def read_table(path: Path) -> list[dict[str, str]]:
-    """Every line of a TSV with a header (ours, or another tool's such as Cohen's) as {column: text}, no quoting:
-    a cell is what lies between two tabs. Reports read through this; a run's own resume uses `read_results`."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+def read_table(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, every line as {column: text}) of a TSV with a header (ours, or another tool's such as Cohen's),
+    no quoting: a cell is what lies between two tabs. Reports read through this; a run's own resume uses
+    `read_results`. A file that is not UTF-8 text is one clear error."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not a text TSV (byte {exc.start} is not UTF-8); expected a result file") from None
 
 
 def repair(path: Path, columns: Sequence[str], allowed: Iterable[int],

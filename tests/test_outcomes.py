@@ -23,6 +23,22 @@ def test_analysis_refuses_a_file_with_a_repeated_idx(tmp_path):
         load_result(out)
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"hello world\n", r"lacks the columns \['correct', 'idx', 'label', 'predict', 'radius'\]"),
+    (b"", r"lacks the columns"),                                      # once a report of an empty row
+    (b"idx\tlabel\n", r"lacks the columns \['correct', 'predict'\]"),
+    (b"idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t1\t1\tabc\t1\t0.1\n", r"has a malformed line .*'abc'"),
+    (b"\xf0\x28\x8c\x28", r"is not a text TSV \(byte 0 is not UTF-8\)"),
+], ids=["junk", "empty", "header-only", "radius-text", "binary"])
+def test_a_file_that_is_no_result_is_refused_naming_it(content, message, tmp_path, capsys):
+    f = tmp_path / "f.tsv"
+    f.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_result(f)
+    assert main(["analyze", str(f), "--out", str(tmp_path / "rep")]) == 2
+    assert capsys.readouterr().err.startswith(f"dsmooth analyze: error: {f} ") and not (tmp_path / "rep").exists()
+
+
 def test_cohen_reference_tsv_with_timedelta_times_and_no_n(tmp_path):
     cohen = tmp_path / "cohen.tsv"
     cohen.write_text("idx\tlabel\tpredict\tradius\tcorrect\ttime\n0\t3\t3\t0.52\t1\t0:00:01.162000\n"
