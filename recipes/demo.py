@@ -16,6 +16,9 @@ print("denoised-smoothing demo: certifying 9 pipelines (classifier alone / DnCNN
       "attacking two of them (SmoothAdv) to put the empirical robust accuracy beside the certified ...", flush=True)
 code = main(["compare", "--config", os.path.join(here, "configs", "demo_mnist.yaml"), "--out", "demo_out",
              *sys.argv[1:]])
-print(f"\ndemo finished in {time.time() - start:.0f} s; report: demo_out/README.md, curves: demo_out/curves.png, "
-      f"samples: demo_out/samples.png")
+if code == 0:
+    print(f"\ndemo finished in {time.time() - start:.0f} s; report: demo_out/README.md, curves: demo_out/curves.png, "
+          f"samples: demo_out/samples.png")
+else:
+    print(f"\ndemo stopped after {time.time() - start:.0f} s (exit code {code}): see the error above", file=sys.stderr)
 sys.exit(code)
