@@ -49,12 +49,12 @@ def _check_resume(out: Path, settings: RunSettings, weights: dict[str, str]) -> 
             raise ValueError(f"{out} exists without its manifest {manifest_path(out).name}; refusing to append to it")
         return None
     old, new = redact(_owned(manifest.get("settings", {}))), redact(settings.record())  # today's rule on both sides
-    for key in sorted(set(old) | set(new)):
-        if old.get(key) != new.get(key):
-            raise ValueError(
-                f"{out} was started with {key}={old.get(key)!r}, this run has {key}={new.get(key)!r}; "
-                f"use another --out or the same settings to resume"
-            )
+    differ = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    if differ:
+        raise ValueError(
+            f"{out} was started with {', '.join(f'{k}={old.get(k)!r}' for k in differ)}, this run has "
+            f"{', '.join(f'{k}={new.get(k)!r}' for k in differ)}; use another --out or the same settings to resume"
+        )
     recorded = manifest.get("weights")
     for part in sorted(set(recorded) & set(weights)) if isinstance(recorded, dict) else ():
         if recorded.get(part) != weights.get(part):

@@ -67,6 +67,8 @@ def test_same_seed_same_file_and_resume_refuses_other_settings(cnn_dir, tmp_path
     for key, value in [("sigma", "0.25"), ("seed", "8"), ("batch", "50"), ("n", "301")]:
         assert main(digits_args(cnn_dir, a, **{key: value})) == 2
         assert f"started with {key}=" in capsys.readouterr().err
+    assert main(digits_args(cnn_dir, a, sigma="0.25", n="301")) == 2  # every setting that differs is named
+    assert "started with n=300, sigma=0.5, this run has n=301, sigma=0.25;" in capsys.readouterr().err
     assert a.read_text() == before
 
 
