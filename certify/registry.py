@@ -81,8 +81,9 @@ def refuse_unknown_options(options: Iterable[str], accepted: Sequence[str], what
     """
     unknown = [k for k in options if k not in accepted]
     if unknown:
+        hint = close_matches(unknown[0], accepted) if len(unknown) == 1 else ""
         raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
-                         f"{what}; it takes {', '.join(accepted) if accepted else 'no options'}")
+                         f"{what}{hint}; it takes {', '.join(accepted) if accepted else 'no options'}")
 
 
 def plugin_modules(package: str, kind: str) -> list[str]:
@@ -122,8 +123,12 @@ def entry_spec(entry: str | Mapping[str, Any]) -> str:
 
 
 def factory_options(factory: Factory) -> list[str] | None:
-    """The options a factory takes (its keyword parameters besides ``identifier``); None when it also
-    takes ``**kwargs`` (it hands them on, and what they reach decides) or has no readable signature."""
+    """The options a factory takes: those it declares (``factory.options``, for one that hands ``**kwargs`` on),
+    else its keyword parameters besides ``identifier``; None when it takes ``**kwargs`` undeclared (what they
+    reach decides) or has no readable signature."""
+    declared = getattr(factory, "options", None)
+    if isinstance(declared, (tuple, list)):
+        return list(declared)
     try:
         params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):

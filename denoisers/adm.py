@@ -34,7 +34,7 @@ from certify.checkpoint import build_checked, build_loaded, one_line, read_weigh
 from certify.registry import refuse_unknown_options
 
 from . import register_denoiser
-from .diffusion import VPDenoiser
+from .diffusion import RULE_OPTIONS, VPDenoiser  # the rule's options; everything else is a guided-diffusion flag
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ _PRESET_OF_FILE = {url.rsplit("/", 1)[1]: name for name, url in OFFICIAL_URLS.it
 #: guided-diffusion holds its schedule in about 20 float64 arrays and Python lists of this length (measured:
 #: 420 bytes and 20 us per step), built before any weight: 100,000 steps is 40 MiB and 2 s, 10**8 would be 42 GB.
 MAX_DIFFUSION_STEPS = 100_000
-#: The denoising rule's options (everything else is a guided-diffusion flag).
-RULE_OPTIONS = ("timestep_rule", "num_steps", "eta", "resize")
 
 
 def _guided_diffusion():

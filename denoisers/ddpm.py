@@ -27,7 +27,7 @@ from certify.libraries import hub_problems, is_hub_id, reachable
 from certify.rules import PRECISIONS
 
 from . import register_denoiser
-from .diffusion import PREDICTION_TYPES, DiffusionDenoiser, TimestepRule, VPDenoiser, noise_to_signal, timestep_for_sigma
+from .diffusion import PREDICTION_TYPES, RULE_OPTIONS, DiffusionDenoiser, TimestepRule, VPDenoiser, noise_to_signal, timestep_for_sigma
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,9 @@ def create_ddpm(identifier: str | None = None, **kwargs: Any) -> DDPMDenoiser:
     if identifier is None:
         raise ValueError("denoiser 'ddpm' needs a folder or hub id, e.g. 'ddpm:google/ddpm-cifar10-32'")
     return DDPMDenoiser.from_pretrained(identifier, **kwargs)
+
+
+create_ddpm.options = ("dtype", "prediction_type", *RULE_OPTIONS)  # what it hands on: named, checked before loading
 
 
 __all__ = ["DDPMDenoiser", "DiffusionDenoiser", "PREDICTION_TYPES", "TimestepRule", "VPDenoiser", "load_unet_and_scheduler",

@@ -41,6 +41,8 @@ from .resizing import RESIZE_MODES, resize, resize_noise_gain
 TimestepRule = Literal["first", "nearest", "exact"]
 TIMESTEP_RULES = ("first", "nearest", "exact")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+#: The options of the VP rule a user sets (`VPDenoiser`): a family hands them on from its factory.
+RULE_OPTIONS = ("timestep_rule", "num_steps", "eta", "resize")
 
 
 def noise_to_signal(alphas_cumprod: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -18,7 +18,7 @@ import torch
 from certify.data import create_dataset
 from certify.registry import Registry, split_spec
 from classifiers import create_classifier
-from denoisers import create_denoiser
+from denoisers import DENOISERS, create_denoiser
 from fixtures import fake_distribution
 
 
@@ -182,7 +182,7 @@ def test_a_type_error_inside_a_factory_is_not_taken_for_a_bad_option():
 
 
 def test_fresh_models_refuse_options_they_do_not_take_and_absurd_sizes():
-    with pytest.raises(ValueError, match=r"^unknown option 'widht' for classifier 'small-cnn'; it takes in_channels, "):
+    with pytest.raises(ValueError, match=r"^unknown option 'widht' for classifier 'small-cnn'; did you mean 'width'\?; it takes in_channels, "):
         create_classifier("small-cnn", widht=8)  # was stored in the config and ignored
     with pytest.raises(ValueError, match=r"efficientnet-lite0 is the shipped ImageNet weights, so it does not take "
                                          r"\['pretrained'\]"):
@@ -207,3 +207,19 @@ def test_plugin_collisions_name_who_holds_the_name(tmp_path, monkeypatch, caplog
     assert re.search(r"widget plugin 'circle' from (two|three) collides with the plugin from (two|three) ", caplog.text)
     assert "widget plugin 'line' from four is not callable" in caplog.text
 
+
+
+def test_a_factory_that_hands_options_on_declares_them_and_check_refuses_a_typo():
+    """`dsmooth check` said ok to --denoiser-arg num_step=3 for ddpm: (its factory hands **kwargs on), and the
+    run then refused it naming an internal class; the factory's declared options answer both, before loading."""
+    reg = Registry("widget", entry_point_group=None)
+    factory = reg.register("forwards")(lambda identifier=None, **options: _inner(**options))
+    factory.options = ("size",)
+    refusal = "unknown option 'sise' for widget 'forwards'; did you mean 'size'?; it takes size"
+    assert reg.check("forwards", sise=2) == [refusal]
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        reg.create("forwards", sise=2)
+    assert reg.create("forwards", size=3) == 3
+    problems = DENOISERS.check("ddpm.mnist5k", num_step=3)
+    assert problems == ["unknown option 'num_step' for denoiser 'ddpm'; did you mean 'num_steps'?; it takes dtype, "
+                        "prediction_type, timestep_rule, num_steps, eta, resize"]
