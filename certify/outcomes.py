@@ -113,7 +113,7 @@ class RunResult:
         """What makes two runs the same smoothed classifier g (the pipeline, sigma and data), for pairing."""
         s = self.manifest.get("settings", {})
         options = s.get("options", {})
-        return (s.get("classifier"), s.get("denoiser"), s.get("sigma"), s.get("dataset"),
+        return (s.get("classifier"), s.get("denoiser"), s.get("sigma"), s.get("dataset"), options.get("votes") or 1,
                 *(repr(options.get(k)) for k in ("classifier_kwargs", "denoiser_kwargs", "dataset_kwargs")))
 
 
@@ -222,11 +222,17 @@ def violations(certified: RunResult, attack: RunResult) -> list[str]:
 
 
 def pair(attack: RunResult, results: Sequence[RunResult]) -> RunResult | None:
-    """The certification run of the same smoothed classifier as ``attack`` (by manifest), else by name."""
-    same = [r for r in results if r.manifest and r.identity() == attack.identity()]
+    """The certification run of the same smoothed classifier as ``attack`` (by manifest); among several such, or
+    where a file has no manifest, the longest name the attack's name begins with. Never a run whose manifest
+    says it is another g (another sigma, pipeline, dataset or vote): its radii say nothing of this attack."""
+    def known(r: RunResult) -> bool:
+        return bool(r.manifest.get("settings"))
+
+    same = [r for r in results if known(r) and known(attack) and r.identity() == attack.identity()]
     if len(same) == 1:
         return same[0]
-    named = [r for r in results if attack.name.startswith(r.name)]
+    eligible = same or [r for r in results if not (known(r) and known(attack))]
+    named = [r for r in eligible if attack.name.startswith(r.name)]
     return max(named, key=lambda r: len(r.name)) if named else None
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from certify.analysis import analyze
 from certify.cli import main
-from certify.outcomes import RunResult, load_result, violations
+from certify.outcomes import RunResult, load_result, pair, violations
 from certify.runs import run_certification
 from fixtures import cohen_file, result_lines, toy_run
 
@@ -85,3 +85,23 @@ def test_violations_are_found_and_named():
     assert violations(cert, att) == ["image 0 (label 2) certified at radius 0.8 but PREDICT says 7 at eps 0.5"]
     assert att.robust_accuracy(0.25) == pytest.approx(2 / 3) and att.robust_accuracy(0.25, strict=True) == pytest.approx(1 / 3)
 
+
+
+def test_an_attack_is_never_set_against_the_certificates_of_another_g():
+    """`run.tsv` at sigma 0.25 and `run.attack.tsv` at sigma 1.0 (or with another vote) were paired by name and
+    reported three 'violations' (or a false all-clear) between two different smoothed classifiers."""
+    z = np.zeros(1)
+
+    def run(name: str, mode: str = "certify", **settings) -> RunResult:
+        s = {"classifier": "c", "denoiser": "d", "sigma": 0.25, "dataset": "x", "options": {}, **settings}
+        return RunResult(name, z, z, z, z, z, {"settings": s}, mode)
+
+    cert = run("run")
+    assert pair(run("run.attack", "attack"), [cert]) is cert
+    assert pair(run("run.attack", "attack", sigma=1.0), [cert]) is None
+    assert pair(run("v1-attack", "attack"), [run("v3", options={"votes": 3})]) is None
+    assert pair(run("run.attack", "attack", options={"votes": 1}), [cert]) is cert  # votes 1 is no vote
+    bare = RunResult("run", z, z, z, z, z, {})  # Cohen's file: no manifest, paired by name as before
+    assert pair(run("run.attack", "attack", sigma=1.0), [bare]) is bare
+    twins = [run("run"), run("run.long")]  # two certifications of the same g: the longest name decides
+    assert pair(run("run.long.attack", "attack"), twins) is twins[1]
