@@ -99,6 +99,11 @@ def certify_dataset(settings: RunSettings, out: str | os.PathLike, device: str |
     from classifiers import CLASSIFIERS
 
     folder = getattr(CLASSIFIERS.entry(split_spec(settings.classifier)[0]).factory, "run_folder", None)
+    if folder is not None and world_size > 1:  # its label ids are given as answers come, by one process
+        raise ValueError(f"{settings.classifier} keeps its answers and label ids in one folder beside the results; "
+                         f"several processes would number the labels each their own way. Run it in one process "
+                         f"(without accelerate launch): its requests already run concurrently "
+                         f"(--classifier-arg concurrency=N)")
     if folder is not None:  # e.g. a remote API's answer cache beside the results: a resumed run re-sends nothing
         option, suffix = folder
         runtime_kwargs.setdefault(option, str(Path(out).with_suffix(suffix)))

@@ -136,3 +136,17 @@ def test_bad_credentials_are_one_line_on_the_command_line(folder, tmp_path, caps
     assert code == 3 and "Traceback" not in err
     assert "HTTP 403 (not authorized): check the API credentials" in err.strip().splitlines()[-1]
 
+
+
+def test_a_remote_api_under_several_processes_is_refused_before_anything_is_sent(server, folder, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """Under `accelerate launch` each process numbered the API's labels its own way: a green image was written as
+    certified class 1 = "red" in the merged file. One process it is (its requests are concurrent anyway)."""
+    import certify.pipeline as pipeline
+
+    monkeypatch.setenv("DSMOOTH_HTTP_TOKEN", "tok-SECRET-1234")
+    monkeypatch.setattr(pipeline, "distributed_context", lambda device=None: (0, 2, lambda: None, "cpu"))
+    out = tmp_path / "api.tsv"
+    assert main(_args(f"{server.url}/classify", folder, out)) == 2
+    assert "several processes would number the labels each their own way" in capsys.readouterr().err
+    assert server.total == 0 and not out.exists() and not out.with_suffix(".api-cache").exists()
