@@ -117,8 +117,10 @@ def run_packed(sampler: Sampler, jobs: Iterable[Job], batch_size: int, look_ahea
     its own generator as it would be alone, and reads them in order, so its result is the same; what it
     drew past the check where it stopped is wasted. On a device where a full batch costs little more than a
     small one, that trades a few samples for far fewer forward passes (and host reads); with many images in
-    flight the shares are small and nothing changes.
+    flight the shares are small and nothing changes. A classifier that is paid by the query (``pays_per_query``,
+    a remote API) never looks ahead: a sample drawn past a stop would be a request sent for nothing.
     """
+    look_ahead = look_ahead and not getattr(getattr(sampler, "classifier", None), "pays_per_query", False)
     jobs = iter(jobs)
     active: list[Job] = []
     shape = buffer = None  # the noisy batch is drawn into one buffer, reused

@@ -4,6 +4,7 @@ one line."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -150,3 +151,18 @@ def test_a_remote_api_under_several_processes_is_refused_before_anything_is_sent
     assert main(_args(f"{server.url}/classify", folder, out)) == 2
     assert "several processes would number the labels each their own way" in capsys.readouterr().err
     assert server.total == 0 and not out.exists() and not out.with_suffix(".api-cache").exists()
+
+
+def test_a_sequential_run_sends_no_request_past_a_stop(server, folder, tmp_path, monkeypatch):
+    """The look-ahead drew 480 samples (each a request) for 120 used on 4 images, and --query-budget refused runs
+    that fit; a classifier paid by the query is never looked ahead for, and the certificates are the same."""
+    monkeypatch.setenv("DSMOOTH_HTTP_TOKEN", "tok-SECRET-1234")
+    out = tmp_path / "seq.tsv"
+    args = _args(f"{server.url}/classify", folder, out, "--mode", "sequential", "--radii", "0.05")
+    args[args.index("--n") + 1], args[args.index("--batch") + 1] = "1000", "500"
+    args.remove("--n0"), args.remove("20")
+    assert main(args) == 0
+    header, *rows = [line.split("\t") for line in out.read_text().splitlines()]
+    used = sum(int(r[header.index("n")]) + int(r[header.index("n0")]) for r in rows)
+    packing = json.loads(out.with_suffix(".json").read_text())["packing"]
+    assert packing["samples_drawn"] == used < 1000, (packing, used)

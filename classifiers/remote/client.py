@@ -83,6 +83,7 @@ class RemoteClassifier(nn.Module):
     """
 
     differentiable = False
+    pays_per_query = True  # every sample is a request: the sampling loop draws none past a test's stop
 
     def __init__(self, adapter: Adapter, num_classes: int = 1024, cache_dir: str | os.PathLike | None = None,
                  vocabulary: str | os.PathLike | LabelVocabulary | None = None, budget: int | None = None,
