@@ -153,7 +153,8 @@ def load_result(path: str | os.PathLike, name: str | None = None) -> RunResult:
         col = lambda key: np.array([float(r.get(key) or 0.0) for r in rows], dtype=float)
         times = np.array([_seconds(r.get("time") or "0") for r in rows], dtype=float)
         label, predict, correct = col("label").astype(int), col("predict").astype(int), col("correct").astype(int)
-        samples = col("n") + (col("n0") if "n0" in columns else 0.0) if "n" in columns else np.full(len(rows), np.nan)
+        samples = (col("n") + (col("n0") if "n0" in columns else 0.0) if "n" in columns
+                   else np.full(len(rows), np.nan))  # Cohen's files do not say
         radius = col("radius") if mode not in ("predict", "attack") else np.zeros(len(rows))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{path} has a malformed line ({exc}); expected numbers in every column") from None
@@ -161,7 +162,7 @@ def load_result(path: str | os.PathLike, name: str | None = None) -> RunResult:
     if repeated:
         raise ValueError(f"{path} holds idx {repeated[:5]} more than once (two runs wrote into it?); "
                          f"certify again into a fresh --out")
-    correct = correct * (label >= 0) * (predict >= 0)  # Cohen's files do not say n: samples NaN
+    correct = correct * (label >= 0) * (predict >= 0)
     eps, adversarial = (), None
     if mode == "attack":
         eps, adversarial = _attack_columns(path, rows, manifest)
@@ -225,13 +226,11 @@ def pair(attack: RunResult, results: Sequence[RunResult]) -> RunResult | None:
     """The certification run of the same smoothed classifier as ``attack`` (by manifest); among several such, or
     where a file has no manifest, the longest name the attack's name begins with. Never a run whose manifest
     says it is another g (another sigma, pipeline, dataset or vote): its radii say nothing of this attack."""
-    def known(r: RunResult) -> bool:
-        return bool(r.manifest.get("settings"))
-
-    same = [r for r in results if known(r) and known(attack) and r.identity() == attack.identity()]
+    described = [r for r in results if r.manifest.get("settings")] if attack.manifest.get("settings") else []
+    same = [r for r in described if r.identity() == attack.identity()]
     if len(same) == 1:
         return same[0]
-    eligible = same or [r for r in results if not (known(r) and known(attack))]
+    eligible = same or [r for r in results if all(r is not d for d in described)]
     named = [r for r in eligible if attack.name.startswith(r.name)]
     return max(named, key=lambda r: len(r.name)) if named else None
 
